@@ -12,14 +12,19 @@ pub mod ini;
 pub mod keys;
 pub mod toml;
 pub mod userlist;
+pub mod values;
 
 pub use userlist::{ScramSecret, Secret, UserList};
 
-/// A configuration error. `line` is 1-based and names the line of the file (ini) where known.
+/// A configuration error. `line` is 1-based and names the line of the file where known.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{file}:{line}: {msg}")]
-    At { file: String, line: usize, msg: String },
+    At {
+        file: String,
+        line: usize,
+        msg: String,
+    },
     #[error("{0}")]
     Msg(String),
     #[error("cannot read {path}: {source}")]
