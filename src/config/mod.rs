@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod connstr;
+pub mod general;
 pub mod ini;
 pub mod keys;
 pub mod toml;
@@ -196,6 +197,10 @@ pub struct General {
     // pgsluice's own keys
     /// Tokio worker threads; 0 = number of cores.
     pub worker_threads: u32,
+    /// Keys PgBouncer knows but pgsluice has no field for yet (TLS, dns_zone_check_period,
+    /// …), as written, by key. Kept so SHOW CONFIG can show them and a later field can be
+    /// filled from here; see [`keys::KEYS`].
+    pub not_implemented: BTreeMap<String, String>,
 }
 
 impl Default for General {
@@ -279,6 +284,7 @@ impl Default for General {
             tcp_keepintvl: 0,
             tcp_user_timeout: 0,
             worker_threads: 0,
+            not_implemented: BTreeMap::new(),
         }
     }
 }
