@@ -17,6 +17,13 @@ pub mod values;
 
 pub use userlist::{ScramSecret, Secret, UserList};
 
+/// A text file PgBouncer would read: it reads bytes, so a stray Latin-1 comment in
+/// pgbouncer.ini or userlist.txt must not stop pgsluice either; such bytes become U+FFFD.
+pub(crate) fn read_lossy(path: &std::path::Path) -> std::io::Result<String> {
+    let bytes = std::fs::read(path)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 /// A configuration error. `line` is 1-based and names the line of the file where known.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
