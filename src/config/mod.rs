@@ -98,7 +98,16 @@ pub enum LoadBalanceHosts {
     Disable,
 }
 
-/// The whole configuration: `[pgbouncer]` + `[databases]` + `[users]`.
+impl LoadBalanceHosts {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoadBalanceHosts::RoundRobin => "round-robin",
+            LoadBalanceHosts::Disable => "disable",
+        }
+    }
+}
+
+/// The whole configuration: `[pgbouncer]` + `[databases]` + `[users]` + `[peers]`.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Config {
     pub general: General,
@@ -106,6 +115,8 @@ pub struct Config {
     pub databases: BTreeMap<String, Database>,
     /// `[users]` by user name.
     pub users: BTreeMap<String, UserSettings>,
+    /// `[peers]` by peer id (1..=65535).
+    pub peers: BTreeMap<u16, Peer>,
     /// Path the config was read from (PgBouncer's `conffile`).
     pub conffile: Option<PathBuf>,
     /// Non-fatal findings, e.g. known PgBouncer keys that pgsluice does not implement yet.
@@ -297,7 +308,7 @@ impl Default for General {
 }
 
 /// One `[databases]` entry (a connection string). `None` = inherit the global value.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Database {
     /// Client-side name (the ini key); `"*"` for the fallback entry.
     pub name: String,
@@ -309,6 +320,7 @@ pub struct Database {
     pub dbname: Option<String>,
     /// Forced user (one pool for the db whatever the client user).
     pub user: Option<String>,
+    /// As written; [`Secret::parse`] tells plain, MD5 and SCRAM apart (already checked).
     pub password: Option<String>,
     pub pool_size: Option<u32>,
     pub min_pool_size: Option<u32>,
@@ -321,7 +333,9 @@ pub struct Database {
     pub datestyle: Option<String>,
     pub timezone: Option<String>,
     pub application_name: Option<String>,
-    /// Integer seconds, as PgBouncer parses per-db timeouts.
+    /// Integer seconds, as PgBouncer parses per-db timeouts. `server_lifetime=0` is stored
+    /// as `None`, because PgBouncer then uses the global value; `query_wait_timeout=0`
+    /// stays `Some(0)` (no limit) and `-1` is `None`.
     pub server_lifetime: Option<Duration>,
     pub query_wait_timeout: Option<Duration>,
     pub auth_user: Option<String>,
@@ -330,7 +344,40 @@ pub struct Database {
     pub load_balance_hosts: Option<LoadBalanceHosts>,
 }
 
-/// One `[users]` entry. `None` = inherit.
+impl Default for Database {
+    /// PgBouncer's `parse_database` starts from port 5432, not 0.
+    fn default() -> Self {
+        Database {
+            name: String::new(),
+            host: None,
+            port: 5432,
+            dbname: None,
+            user: None,
+            password: None,
+            pool_size: None,
+            min_pool_size: None,
+            reserve_pool_size: None,
+            max_db_connections: None,
+            max_db_client_connections: None,
+            pool_mode: None,
+            connect_query: None,
+            client_encoding: None,
+            datestyle: None,
+            timezone: None,
+            application_name: None,
+            server_lifetime: None,
+            query_wait_timeout: None,
+            auth_user: None,
+            auth_query: None,
+            auth_dbname: None,
+            load_balance_hosts: None,
+        }
+    }
+}
+
+/// One `[users]` entry. `None` = inherit. Timeouts are integer seconds; 0 is stored as
+/// `None` (PgBouncer's "not set", the global value applies) except for
+/// `query_wait_timeout`, whose "not set" is -1.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct UserSettings {
     pub name: String,
@@ -344,6 +391,19 @@ pub struct UserSettings {
     pub idle_transaction_timeout: Option<Duration>,
     pub transaction_timeout: Option<Duration>,
     pub client_idle_timeout: Option<Duration>,
+}
+
+/// One `[peers]` entry: another process of the same peer group, used to forward cancel
+/// requests whose key it issued (§4.4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub id: u16,
+    /// IP, host name or Unix socket directory; required, as in PgBouncer.
+    pub host: String,
+    /// Default 6432 (PgBouncer's `parse_peer`).
+    pub port: u16,
+    /// Cancel requests in flight to this peer at most; `None` = `default_pool_size`.
+    pub pool_size: Option<u32>,
 }
 
 impl Config {
