@@ -407,7 +407,8 @@ pub struct Peer {
 }
 
 impl Config {
-    /// Load a config file: `.toml` → TOML, anything else → pgbouncer.ini syntax.
+    /// Load a config file: `.toml` → TOML, anything else → pgbouncer.ini syntax. The result
+    /// has passed [`Config::validate`].
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
         let is_toml = path
             .extension()
@@ -419,7 +420,35 @@ impl Config {
             ini::load(path)?
         };
         cfg.conffile = Some(path.to_path_buf());
+        cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Checks that need more than one key, or that PgBouncer makes at startup rather than
+    /// while parsing. Syntax and per-key values were already checked by the parsers.
+    /// Deliberately modest: a config PgBouncer starts with must not be refused here (e.g.
+    /// `auth_type = any` without forced users, or an `auth_dbname` that is only missed at
+    /// login time).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let g = &self.general;
+        let fail = |msg: String| Err(ConfigError::Msg(msg));
+        // PgBouncer refuses to start with no socket to listen on.
+        if g.listen_addr.is_empty() && g.unix_socket_dir.is_empty() {
+            return fail(
+                "nowhere to listen: listen_addr and unix_socket_dir are both empty".into(),
+            );
+        }
+        // The cancel-key encoding leaves 14 bits for the peer id (§1.1).
+        if g.peer_id > 16383 {
+            return fail(format!("peer_id {} out of range 0..16383", g.peer_id));
+        }
+        if g.worker_threads > 1024 {
+            return fail(format!(
+                "worker_threads {} is more than 1024",
+                g.worker_threads
+            ));
+        }
+        Ok(())
     }
 
     /// The database entry a client asking for `name` uses: the named entry, else the `*`
