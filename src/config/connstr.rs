@@ -63,10 +63,7 @@ pub fn parse_database(name: &str, connstr: &str) -> Result<Database, String> {
 }
 
 /// One `[databases]` entry from already separated pairs (the TOML table form).
-pub fn database_from_pairs(
-    name: &str,
-    pairs: impl IntoIterator<Item = (String, String)>,
-) -> Result<Database, String> {
+pub fn database_from_pairs(name: &str, pairs: Vec<(String, String)>) -> Result<Database, String> {
     // The admin console owns this name (PgBouncer's check_reserved_database).
     if name == "pgbouncer" {
         return Err(format!("database name {name:?} is reserved"));
@@ -135,10 +132,7 @@ pub fn parse_user(name: &str, settings: &str) -> Result<UserSettings, String> {
 }
 
 /// One `[users]` entry from already separated pairs (the TOML table form).
-pub fn user_from_pairs(
-    name: &str,
-    pairs: impl IntoIterator<Item = (String, String)>,
-) -> Result<UserSettings, String> {
+pub fn user_from_pairs(name: &str, pairs: Vec<(String, String)>) -> Result<UserSettings, String> {
     let mut u = UserSettings {
         name: name.to_string(),
         ..UserSettings::default()
@@ -178,10 +172,7 @@ pub fn parse_peer(id: &str, connstr: &str) -> Result<Peer, String> {
 }
 
 /// One `[peers]` entry from already separated pairs (the TOML table form).
-pub fn peer_from_pairs(
-    id: &str,
-    pairs: impl IntoIterator<Item = (String, String)>,
-) -> Result<Peer, String> {
+pub fn peer_from_pairs(id: &str, pairs: Vec<(String, String)>) -> Result<Peer, String> {
     let id: u16 = match id.parse() {
         Ok(n) if n > 0 => n,
         _ => return Err("ids of peers must be a number larger than 0 and at most 65535".into()),

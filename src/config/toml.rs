@@ -82,45 +82,39 @@ fn set_pgbouncer(cfg: &mut Config, key: &str, value: &Value) -> Result<(), Strin
 }
 
 fn set_database(cfg: &mut Config, name: &str, value: &Value) -> Result<(), String> {
-    let db = match value {
-        Value::String(connstr) => parse_database(name, connstr)?,
-        Value::Table(t) => database_from_pairs(name, pairs(t)?)?,
-        _ => {
-            return Err(format!(
-                "database {name}: expected a connection string or a table"
-            ))
-        }
-    };
+    let db = entry(value, "database", name, parse_database, database_from_pairs)?;
     cfg.databases.insert(name.to_string(), db);
     Ok(())
 }
 
 fn set_user(cfg: &mut Config, name: &str, value: &Value) -> Result<(), String> {
-    let user = match value {
-        Value::String(settings) => parse_user(name, settings)?,
-        Value::Table(t) => user_from_pairs(name, pairs(t)?)?,
-        _ => {
-            return Err(format!(
-                "user {name}: expected a settings string or a table"
-            ))
-        }
-    };
+    let user = entry(value, "user", name, parse_user, user_from_pairs)?;
     cfg.users.insert(name.to_string(), user);
     Ok(())
 }
 
 fn set_peer(cfg: &mut Config, id: &str, value: &Value) -> Result<(), String> {
-    let peer = match value {
-        Value::String(connstr) => parse_peer(id, connstr)?,
-        Value::Table(t) => peer_from_pairs(id, pairs(t)?)?,
-        _ => {
-            return Err(format!(
-                "peer {id}: expected a connection string or a table"
-            ))
-        }
-    };
+    let peer = entry(value, "peer", id, parse_peer, peer_from_pairs)?;
     cfg.peers.insert(peer.id, peer);
     Ok(())
+}
+
+type FromPairs<T> = fn(&str, Vec<(String, String)>) -> Result<T, String>;
+
+/// A database, user or peer entry: the string the ini form would have, or a table of the
+/// same keys.
+fn entry<T>(
+    value: &Value,
+    what: &str,
+    name: &str,
+    from_string: fn(&str, &str) -> Result<T, String>,
+    from_pairs: FromPairs<T>,
+) -> Result<T, String> {
+    match value {
+        Value::String(text) => from_string(name, text),
+        Value::Table(t) => from_pairs(name, pairs(t)?),
+        _ => Err(format!("{what} {name}: expected a string or a table")),
+    }
 }
 
 /// A `[databases.x]`-style table as connection-string pairs. `host` may be an array (the
