@@ -3,3 +3,11 @@
 
 pub mod auth;
 pub mod config;
+pub mod control;
+pub mod logging;
+pub mod net;
+pub mod pool;
+pub mod proto;
+pub mod run;
+pub mod server;
+pub mod session;

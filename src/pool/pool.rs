@@ -1,0 +1,599 @@
+//! One (database, user) pool: idle servers (a LIFO stack, or FIFO with
+//! `server_round_robin`), FIFO waiters with direct hand-off, demand-driven growth within
+//! pool_size (+ reserve_pool_size after reserve_pool_timeout), max_db_connections and
+//! max_user_connections, and the fast-fail window after a failed server login.
+//!
+//! All state sits behind one mutex whose critical sections never await. Connects run in
+//! their own tasks and hand their server to the oldest waiter when done.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use super::limits::Shared;
+use crate::config::PoolMode;
+use crate::proto::PgError;
+use crate::server::{self, Credential, LoginError, ServerConn, ServerParams, Target};
+
+/// The effective settings of one pool (global → database → user precedence resolved).
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub mode: PoolMode,
+    /// 0 = unlimited.
+    pub pool_size: u32,
+    pub min_pool_size: u32,
+    pub reserve_pool_size: u32,
+    pub reserve_pool_timeout: Duration,
+    pub max_db_connections: u32,
+    pub max_user_connections: u32,
+    /// 0 = wait without limit (PgBouncer's meaning; the default is 120 s).
+    pub query_wait_timeout: Duration,
+    pub server_lifetime: Duration,
+    pub server_idle_timeout: Duration,
+    pub server_login_retry: Duration,
+    pub server_round_robin: bool,
+    pub server_reset_query: String,
+    pub server_reset_query_always: bool,
+    pub max_packet_size: u32,
+    /// Forced user from the database entry: the pool is kept at min_pool_size even
+    /// without clients.
+    pub forced_user: bool,
+}
+
+type WaitResult = Result<ServerConn, PgError>;
+
+struct Waiter {
+    id: u64,
+    tx: oneshot::Sender<WaitResult>,
+    since: Instant,
+    /// Waited longer than reserve_pool_timeout: may use the reserve pool.
+    reserve: bool,
+}
+
+#[derive(Default)]
+struct State {
+    idle: VecDeque<ServerConn>,
+    waiters: VecDeque<Waiter>,
+    /// Servers of this pool: idle + leased + being connected.
+    total: u32,
+    connecting: u32,
+    /// Fast-fail window: when the last login failed and with what.
+    failed: Option<(Instant, PgError)>,
+    next_waiter: u64,
+}
+
+/// Counts a pool exposes to SHOW POOLS and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolCounts {
+    pub idle: u32,
+    pub total: u32,
+    pub connecting: u32,
+    pub waiting: u32,
+}
+
+pub struct Pool {
+    pub db_name: String,
+    pub user_name: String,
+    settings: ArcSwap<PoolSettings>,
+    target: ArcSwap<Target>,
+    credential: Mutex<Credential>,
+    pub db: Arc<Shared>,
+    pub user: Arc<Shared>,
+    /// Clients logged in to this pool (min_pool_size applies only while there are some).
+    pub clients: super::Counter,
+    state: Mutex<State>,
+    welcome: Mutex<Option<Arc<ServerParams>>>,
+    /// Bumped when connection settings change; older servers close on release.
+    generation: AtomicU64,
+    rr: AtomicUsize,
+    me: Weak<Pool>,
+}
+
+impl Pool {
+    pub fn new(
+        db_name: String,
+        user_name: String,
+        settings: PoolSettings,
+        target: Target,
+        credential: Credential,
+        db: Arc<Shared>,
+        user: Arc<Shared>,
+    ) -> Arc<Pool> {
+        let p = Arc::new_cyclic(|me| Pool {
+            db_name,
+            user_name,
+            settings: ArcSwap::from_pointee(settings),
+            target: ArcSwap::from_pointee(target),
+            credential: Mutex::new(credential),
+            db,
+            user,
+            clients: super::Counter::default(),
+            state: Mutex::new(State::default()),
+            welcome: Mutex::new(None),
+            generation: AtomicU64::new(1),
+            rr: AtomicUsize::new(0),
+            me: me.clone(),
+        });
+        p.db.pools.lock().push(Arc::downgrade(&p));
+        p.user.pools.lock().push(Arc::downgrade(&p));
+        p
+    }
+
+    pub fn settings(&self) -> Arc<PoolSettings> {
+        self.settings.load_full()
+    }
+
+    /// Applies new settings (RELOAD). A changed connection target marks every current
+    /// server to be closed when it is next released.
+    pub fn reconfigure(
+        &self,
+        settings: PoolSettings,
+        target: Target,
+        credential: Option<Credential>,
+    ) {
+        let old = self.target.load();
+        let changed = old.hosts != target.hosts
+            || old.port != target.port
+            || old.dbname != target.dbname
+            || old.user != target.user
+            || old.startup != target.startup
+            || old.connect_query != target.connect_query;
+        self.settings.store(Arc::new(settings));
+        self.target.store(Arc::new(target));
+        if let Some(c) = credential {
+            *self.credential.lock() = c;
+        }
+        if changed {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            let mut st = self.state.lock();
+            let idle: Vec<_> = st.idle.drain(..).collect();
+            for s in idle {
+                self.forget_server(&mut st);
+                close_server(s, true);
+            }
+        }
+        self.grow();
+    }
+
+    /// Records ClientKey/ServerKey from a client's SCRAM login, used for server logins when
+    /// only a SCRAM secret is stored (pass-through).
+    pub fn set_scram_keys(&self, keys: crate::auth::scram::ScramKeys) {
+        let mut c = self.credential.lock();
+        if matches!(*c, Credential::None | Credential::ScramKeys(_)) {
+            *c = Credential::ScramKeys(keys);
+        }
+    }
+
+    pub fn has_credential(&self) -> bool {
+        !matches!(*self.credential.lock(), Credential::None)
+    }
+
+    /// The ParameterStatus set of the first server login, for the welcome message.
+    pub fn welcome(&self) -> Option<Arc<ServerParams>> {
+        self.welcome.lock().clone()
+    }
+
+    pub fn counts(&self) -> PoolCounts {
+        let st = self.state.lock();
+        PoolCounts {
+            idle: st.idle.len() as u32,
+            total: st.total,
+            connecting: st.connecting,
+            waiting: st.waiters.len() as u32,
+        }
+    }
+
+    /// Leases a server: an idle one at once, else waits in FIFO order (bounded by
+    /// query_wait_timeout) while a connect is started if the limits allow.
+    pub async fn acquire(&self) -> Result<ServerConn, PgError> {
+        let s = self.settings();
+        let (id, mut rx) = {
+            let mut st = self.state.lock();
+            if let Some(conn) = pop_idle(&mut st, s.server_round_robin) {
+                return Ok(conn);
+            }
+            if let Some((at, err)) = &st.failed {
+                if at.elapsed() < s.server_login_retry && st.total == 0 {
+                    return Err(PgError::fatal(format!(
+                        "server login has been failing, cached error: {} (server_login_retry)",
+                        err.message
+                    )));
+                }
+            }
+            let (tx, rx) = oneshot::channel();
+            st.next_waiter += 1;
+            let id = st.next_waiter;
+            st.waiters.push_back(Waiter {
+                id,
+                tx,
+                since: Instant::now(),
+                reserve: false,
+            });
+            (id, rx)
+        };
+        self.grow();
+
+        let start = Instant::now();
+        let wait_limit = (!s.query_wait_timeout.is_zero()).then_some(s.query_wait_timeout);
+        if s.reserve_pool_size > 0 {
+            let first = match wait_limit {
+                Some(w) => s.reserve_pool_timeout.min(w),
+                None => s.reserve_pool_timeout,
+            };
+            match tokio::time::timeout(first, &mut rx).await {
+                Ok(r) => {
+                    return r.unwrap_or_else(|_| Err(PgError::fatal("pooler is shutting down")))
+                }
+                Err(_) => {
+                    let mut st = self.state.lock();
+                    if let Some(w) = st.waiters.iter_mut().find(|w| w.id == id) {
+                        w.reserve = true;
+                    }
+                    drop(st);
+                    self.grow();
+                }
+            }
+        }
+        let res = match wait_limit {
+            Some(w) => tokio::time::timeout(w.saturating_sub(start.elapsed()), &mut rx).await,
+            None => Ok((&mut rx).await),
+        };
+        match res {
+            Ok(r) => r.unwrap_or_else(|_| Err(PgError::fatal("pooler is shutting down"))),
+            Err(_) => {
+                let removed = {
+                    let mut st = self.state.lock();
+                    let before = st.waiters.len();
+                    st.waiters.retain(|w| w.id != id);
+                    st.waiters.len() != before
+                };
+                if removed {
+                    Err(PgError::fatal("query_wait_timeout"))
+                } else {
+                    // Handed a server (or an error) in the same instant: take it.
+                    rx.await
+                        .unwrap_or_else(|_| Err(PgError::fatal("query_wait_timeout")))
+                }
+            }
+        }
+    }
+
+    /// Returns a server whose last ReadyForQuery was idle and whose output was fully
+    /// relayed. It goes to the oldest waiter, else onto the idle stack — unless it has
+    /// outlived server_lifetime, belongs to an old configuration, or another pool of the
+    /// same database/user is blocked on a shared limit.
+    pub fn release(&self, mut conn: ServerConn) {
+        let s = self.settings();
+        let now = Instant::now();
+        conn.last_used = now;
+        let expired = conn.generation != self.generation.load(Ordering::Acquire)
+            || (s.server_lifetime.is_zero()
+                || now.duration_since(conn.created) >= s.server_lifetime);
+        let mut st = self.state.lock();
+        if !expired {
+            let Some(conn) = hand_to_waiter(&mut st, conn) else {
+                return;
+            };
+            if !(self.db.has_blocked() || self.user.has_blocked()) {
+                st.idle.push_back(conn);
+                return;
+            }
+            self.forget_server(&mut st);
+            drop(st);
+            close_server(conn, true);
+            self.wake_blocked();
+            return;
+        }
+        self.forget_server(&mut st);
+        drop(st);
+        close_server(conn, true);
+        self.wake_blocked();
+        self.grow();
+    }
+
+    /// A leased server that cannot be reused (client vanished mid-transaction, protocol
+    /// error, server crash): close it and let waiters have its slot.
+    pub fn discard(&self, conn: ServerConn) {
+        {
+            let mut st = self.state.lock();
+            self.forget_server(&mut st);
+        }
+        close_server(conn, false);
+        self.wake_blocked();
+        self.grow();
+    }
+
+    /// Bookkeeping for a server leaving this pool (caller closes it).
+    fn forget_server(&self, st: &mut State) {
+        st.total = st.total.saturating_sub(1);
+        self.db.servers.release();
+        self.user.servers.release();
+    }
+
+    /// Pools of the same database/user that were waiting for a shared slot try again.
+    fn wake_blocked(&self) {
+        let mut pools = self.db.take_blocked();
+        pools.extend(self.user.take_blocked());
+        for p in pools.into_iter().filter_map(|w| w.upgrade()) {
+            if !std::ptr::eq(Arc::as_ptr(&p), self) {
+                p.grow();
+            }
+        }
+    }
+
+    /// Starts connects while waiters outnumber connects in flight and the limits allow.
+    /// Also fills up to min_pool_size when asked to by the janitor.
+    pub fn grow(&self) {
+        self.grow_to(0);
+    }
+
+    /// `min_total`: keep at least this many servers (min_pool_size), even with no waiters.
+    pub fn grow_to(&self, min_total: u32) {
+        let s = self.settings();
+        let mut blocked = false;
+        let mut starts = 0u32;
+        {
+            let mut st = self.state.lock();
+            loop {
+                let waiting = st.waiters.len() as u32;
+                let want_for_waiters = waiting > st.connecting;
+                let want_for_min = st.total < min_total;
+                if !want_for_waiters && !want_for_min {
+                    break;
+                }
+                if let Some((at, _)) = &st.failed {
+                    if at.elapsed() < s.server_login_retry {
+                        break;
+                    }
+                }
+                let reserve = st.waiters.iter().any(|w| w.reserve);
+                let cap = if s.pool_size == 0 {
+                    u32::MAX
+                } else if reserve && want_for_waiters {
+                    s.pool_size.saturating_add(s.reserve_pool_size)
+                } else {
+                    s.pool_size
+                };
+                if st.total >= cap {
+                    break;
+                }
+                if !self.db.servers.try_acquire(s.max_db_connections) {
+                    blocked = true;
+                    break;
+                }
+                if !self.user.servers.try_acquire(s.max_user_connections) {
+                    self.db.servers.release();
+                    blocked = true;
+                    break;
+                }
+                if st.total >= s.pool_size && s.pool_size > 0 {
+                    tracing::info!(
+                        "{}/{}: taking connection from reserve_pool",
+                        self.db_name,
+                        self.user_name
+                    );
+                }
+                st.total += 1;
+                st.connecting += 1;
+                starts += 1;
+            }
+        }
+        for _ in 0..starts {
+            self.spawn_connect();
+        }
+        if blocked {
+            if let Some(me) = self.me.upgrade() {
+                self.db.add_blocked(Arc::downgrade(&me));
+                self.user.add_blocked(Arc::downgrade(&me));
+            }
+            self.evict_sibling_idle();
+        }
+    }
+
+    /// Closes one idle server of another pool of the same database or user, so a pool
+    /// blocked on max_db_connections / max_user_connections can open one.
+    fn evict_sibling_idle(&self) {
+        for shared in [&self.db, &self.user] {
+            let pools: Vec<Arc<Pool>> = shared
+                .pools
+                .lock()
+                .iter()
+                .filter_map(|w| w.upgrade())
+                .collect();
+            for p in pools {
+                if std::ptr::eq(Arc::as_ptr(&p), self) {
+                    continue;
+                }
+                let victim = {
+                    let mut st = p.state.lock();
+                    let v = st.idle.pop_front();
+                    if v.is_some() {
+                        p.forget_server(&mut st);
+                    }
+                    v
+                };
+                if let Some(v) = victim {
+                    close_server(v, true);
+                    self.wake_blocked();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn spawn_connect(&self) {
+        let Some(me) = self.me.upgrade() else { return };
+        let target = self.target.load_full();
+        let cred = self.credential.lock().clone();
+        let generation = self.generation.load(Ordering::Acquire);
+        let start = self.rr.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let res = server::connect(&target, &cred, start, generation).await;
+            me.connect_done(res);
+        });
+    }
+
+    fn connect_done(&self, res: Result<ServerConn, LoginError>) {
+        let mut st = self.state.lock();
+        st.connecting = st.connecting.saturating_sub(1);
+        match res {
+            Ok(conn) => {
+                st.failed = None;
+                {
+                    let mut w = self.welcome.lock();
+                    if w.is_none() {
+                        *w = Some(Arc::new(conn.params.clone()));
+                    }
+                }
+                tracing::debug!(
+                    "{}/{}: new server connection {}",
+                    self.db_name,
+                    self.user_name,
+                    conn.addr
+                );
+                if let Some(conn) = hand_to_waiter(&mut st, conn) {
+                    st.idle.push_back(conn);
+                }
+            }
+            Err(e) => {
+                self.forget_server(&mut st);
+                tracing::warn!(
+                    "{}/{}: server login failed: {e}",
+                    self.db_name,
+                    self.user_name
+                );
+                if e.is_starting_up() {
+                    // 57P03: clients keep waiting; try again shortly.
+                    drop(st);
+                    if let Some(me) = self.me.upgrade() {
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            me.grow();
+                        });
+                    }
+                    return;
+                }
+                let client_err = match &e {
+                    LoginError::Server(_) => e.to_client(),
+                    other => PgError::fatal(format!(
+                        "server login has been failing, cached error: {other} (server_login_retry)"
+                    )),
+                };
+                st.failed = Some((Instant::now(), e.to_client()));
+                // Waiters fail now rather than sit out query_wait_timeout; a connect
+                // still in flight may yet serve later arrivals.
+                let n = st.waiters.len().saturating_sub(st.connecting as usize);
+                for _ in 0..n {
+                    if let Some(w) = st.waiters.pop_back() {
+                        let _ = w.tx.send(Err(client_err.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Janitor work: close servers idle past server_idle_timeout or server_lifetime, and
+    /// keep min_pool_size. `has_clients`: the pool has logged-in clients.
+    pub fn maintain(&self, has_clients: bool) {
+        let s = self.settings();
+        let now = Instant::now();
+        let mut closing = Vec::new();
+        {
+            let mut st = self.state.lock();
+            let keep = s.min_pool_size.min(if s.pool_size == 0 {
+                u32::MAX
+            } else {
+                s.pool_size
+            });
+            let mut i = 0;
+            while i < st.idle.len() {
+                let c = &st.idle[i];
+                let idle_too_long = !s.server_idle_timeout.is_zero()
+                    && now.duration_since(c.last_used) >= s.server_idle_timeout
+                    && st.total > keep;
+                let too_old = !s.server_lifetime.is_zero()
+                    && now.duration_since(c.created) >= s.server_lifetime;
+                if idle_too_long || too_old {
+                    if let Some(c) = st.idle.remove(i) {
+                        self.forget_server(&mut st);
+                        closing.push(c);
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        let any = !closing.is_empty();
+        for c in closing {
+            close_server(c, true);
+        }
+        if any {
+            self.wake_blocked();
+        }
+        if s.min_pool_size > 0 && (has_clients || s.forced_user) {
+            self.grow_to(s.min_pool_size);
+        }
+    }
+
+    /// Closes every idle server (shutdown, RECONNECT).
+    pub fn close_idle(&self) {
+        let idle: Vec<ServerConn> = {
+            let mut st = self.state.lock();
+            let v: Vec<_> = st.idle.drain(..).collect();
+            for _ in &v {
+                self.forget_server(&mut st);
+            }
+            v
+        };
+        for c in idle {
+            close_server(c, true);
+        }
+    }
+}
+
+fn pop_idle(st: &mut State, round_robin: bool) -> Option<ServerConn> {
+    // LIFO keeps the working set small and warm; round-robin spreads load (PgBouncer).
+    if round_robin {
+        st.idle.pop_front()
+    } else {
+        st.idle.pop_back()
+    }
+}
+
+/// Gives `conn` to the oldest waiter still listening; returns it if there is none.
+fn hand_to_waiter(st: &mut State, mut conn: ServerConn) -> Option<ServerConn> {
+    while let Some(w) = st.waiters.pop_front() {
+        let _ = w.since;
+        match w.tx.send(Ok(conn)) {
+            Ok(()) => return None,
+            Err(Ok(c)) => conn = c,
+            Err(Err(_)) => return None,
+        }
+    }
+    Some(conn)
+}
+
+/// Closes a server. A clean close sends Terminate first so PostgreSQL logs no
+/// "unexpected EOF"; a dirty one just drops the socket, which makes the backend abort
+/// whatever transaction it had.
+pub fn close_server(mut conn: ServerConn, clean: bool) {
+    if !clean {
+        return;
+    }
+    if tokio::runtime::Handle::try_current().is_err() {
+        return;
+    }
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            conn.stream.write_all(b"X\0\0\0\x04"),
+        )
+        .await;
+    });
+}

@@ -1,0 +1,176 @@
+//! Finds the pool for (database, user), creating it on first use, and resolves each
+//! pool's effective settings with PgBouncer's precedence: `[users]` over `[databases]`
+//! over `[pgbouncer]`.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use super::limits::Shared;
+use super::pool::{Pool, PoolSettings};
+use crate::config::{Config, Database, Secret, UserList};
+use crate::server::login::Host;
+use crate::server::{Credential, Target};
+
+#[derive(Default)]
+pub struct Registry {
+    pools: DashMap<(String, String), Arc<Pool>>,
+    dbs: DashMap<String, Arc<Shared>>,
+    users: DashMap<String, Arc<Shared>>,
+}
+
+impl Registry {
+    /// Limits shared by every pool of database `name` (client-side name).
+    pub fn db_shared(&self, name: &str) -> Arc<Shared> {
+        if let Some(s) = self.dbs.get(name) {
+            return s.clone();
+        }
+        self.dbs.entry(name.to_string()).or_default().clone()
+    }
+
+    /// Limits shared by every pool of user `name`.
+    pub fn user_shared(&self, name: &str) -> Arc<Shared> {
+        if let Some(s) = self.users.get(name) {
+            return s.clone();
+        }
+        self.users.entry(name.to_string()).or_default().clone()
+    }
+
+    /// The pool for client-side database `db` and pool user `user` (the forced user when
+    /// the database entry has one).
+    pub fn get_or_create(
+        &self,
+        cfg: &Config,
+        users: &UserList,
+        db: &Database,
+        user: &str,
+    ) -> Arc<Pool> {
+        let key = (db.name.clone(), user.to_string());
+        if let Some(p) = self.pools.get(&key) {
+            return p.clone();
+        }
+        self.pools
+            .entry(key)
+            .or_insert_with(|| {
+                Pool::new(
+                    db.name.clone(),
+                    user.to_string(),
+                    settings_for(cfg, db, user),
+                    target_for(cfg, db, user),
+                    credential_for(db, users, user),
+                    self.db_shared(&db.name),
+                    self.user_shared(user),
+                )
+            })
+            .clone()
+    }
+
+    pub fn get(&self, db: &str, user: &str) -> Option<Arc<Pool>> {
+        self.pools
+            .get(&(db.to_string(), user.to_string()))
+            .map(|p| p.clone())
+    }
+
+    pub fn all(&self) -> Vec<Arc<Pool>> {
+        self.pools.iter().map(|e| e.value().clone()).collect()
+    }
+
+    /// RELOAD: every pool takes its new settings; pools whose database entry vanished keep
+    /// running with their old settings until their clients leave.
+    pub fn reconfigure_all(&self, cfg: &Config, users: &UserList) {
+        for p in self.all() {
+            if let Some(db) = cfg.database(&p.db_name) {
+                p.reconfigure(
+                    settings_for(cfg, &db, &p.user_name),
+                    target_for(cfg, &db, &p.user_name),
+                    match credential_for(&db, users, &p.user_name) {
+                        Credential::None => None,
+                        c => Some(c),
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// Effective settings of the (db, user) pool.
+pub fn settings_for(cfg: &Config, db: &Database, user: &str) -> PoolSettings {
+    let g = &cfg.general;
+    let u = cfg.users.get(user);
+    PoolSettings {
+        mode: u
+            .and_then(|u| u.pool_mode)
+            .or(db.pool_mode)
+            .unwrap_or(g.pool_mode),
+        pool_size: u
+            .and_then(|u| u.pool_size)
+            .or(db.pool_size)
+            .unwrap_or(g.default_pool_size),
+        min_pool_size: db.min_pool_size.unwrap_or(g.min_pool_size),
+        reserve_pool_size: u
+            .and_then(|u| u.reserve_pool_size)
+            .or(db.reserve_pool_size)
+            .unwrap_or(g.reserve_pool_size),
+        reserve_pool_timeout: g.reserve_pool_timeout,
+        max_db_connections: db.max_db_connections.unwrap_or(g.max_db_connections),
+        max_user_connections: u
+            .and_then(|u| u.max_user_connections)
+            .unwrap_or(g.max_user_connections),
+        query_wait_timeout: u
+            .and_then(|u| u.query_wait_timeout)
+            .or(db.query_wait_timeout)
+            .unwrap_or(g.query_wait_timeout),
+        server_lifetime: db.server_lifetime.unwrap_or(g.server_lifetime),
+        server_idle_timeout: g.server_idle_timeout,
+        server_login_retry: g.server_login_retry,
+        server_round_robin: g.server_round_robin,
+        server_reset_query: g.server_reset_query.clone(),
+        server_reset_query_always: g.server_reset_query_always,
+        max_packet_size: g.max_packet_size,
+        forced_user: db.user.is_some(),
+    }
+}
+
+/// Where and how the pool's servers connect.
+pub fn target_for(cfg: &Config, db: &Database, user: &str) -> Target {
+    let g = &cfg.general;
+    let mut startup = Vec::new();
+    for (k, v) in [
+        ("client_encoding", &db.client_encoding),
+        ("datestyle", &db.datestyle),
+        ("timezone", &db.timezone),
+        ("application_name", &db.application_name),
+    ] {
+        if let Some(v) = v {
+            startup.push((k.to_string(), v.clone()));
+        }
+    }
+    Target {
+        hosts: Host::parse_list(db.host.as_deref(), &g.unix_socket_dir),
+        port: if db.port == 0 { 5432 } else { db.port },
+        dbname: db.dbname.clone().unwrap_or_else(|| db.name.clone()),
+        user: user.to_string(),
+        startup,
+        connect_query: db.connect_query.clone(),
+        connect_timeout: g.server_connect_timeout,
+        keepalive: g.tcp_keepalive,
+        max_packet_size: g.max_packet_size,
+    }
+}
+
+/// The password used to log into the server: the database entry's `password=` for its
+/// forced user, else the user's auth_file secret.
+pub fn credential_for(db: &Database, users: &UserList, user: &str) -> Credential {
+    if db.user.as_deref() == Some(user) {
+        if let Some(p) = &db.password {
+            return Credential::Secret(
+                Secret::parse(p).unwrap_or_else(|_| Secret::Plain(p.clone())),
+            );
+        }
+    }
+    match users.users.get(user) {
+        // A SCRAM secret can only be used with keys from a client's SCRAM login.
+        Some(Secret::Scram(_)) | None => Credential::None,
+        Some(s) => Credential::Secret(s.clone()),
+    }
+}

@@ -1,0 +1,232 @@
+//! A client's tracked parameters (PgBouncer's varcache): client_encoding, DateStyle,
+//! TimeZone, standard_conforming_strings, application_name and track_extra_parameters.
+//! Values come from the startup packet, then from every ParameterStatus the client's
+//! server reports. On lease, values that differ from the server's are applied with one
+//! `SET` packet, so a `SET TimeZone` in one client never shows in another's transaction.
+
+use crate::server::ServerParams;
+
+/// The parameters PgBouncer always tracks.
+pub const BUILTIN_TRACKED: [&str; 5] = [
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "standard_conforming_strings",
+    "application_name",
+];
+
+/// The names of all tracked parameters for a configuration, canonical spelling as the
+/// server reports them.
+pub fn tracked_names(extra: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = BUILTIN_TRACKED.iter().map(|s| s.to_string()).collect();
+    for e in extra {
+        if !v.iter().any(|n| n.eq_ignore_ascii_case(e)) {
+            v.push(e.clone());
+        }
+    }
+    v
+}
+
+/// The canonical tracked name for `name` (startup keys are case-insensitive).
+pub fn canonical<'a>(tracked: &'a [String], name: &str) -> Option<&'a str> {
+    tracked
+        .iter()
+        .find(|n| n.eq_ignore_ascii_case(name))
+        .map(|s| s.as_str())
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientParams {
+    pub vals: Vec<(String, String)>,
+}
+
+impl ClientParams {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vals
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn set(&mut self, name: &str, value: &str) {
+        if let Some(e) = self
+            .vals
+            .iter_mut()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        {
+            if e.1 != value {
+                e.1 = value.to_string();
+            }
+        } else {
+            self.vals.push((name.to_string(), value.to_string()));
+        }
+    }
+
+    /// Fills parameters the client did not give from the pool's original values.
+    pub fn fill_from(&mut self, tracked: &[String], orig: &ServerParams) {
+        for n in tracked {
+            if self.get(n).is_none() {
+                if let Some(v) = orig.get(n) {
+                    self.set(n, v);
+                }
+            }
+        }
+    }
+
+    /// One query of `SET name=value;` for each value that differs from the server's
+    /// (compared case-insensitively, as PgBouncer), or `None` when all match.
+    pub fn sync_sql(&self, server: &ServerParams) -> Option<String> {
+        let mut sql = String::new();
+        for (k, v) in &self.vals {
+            let same = server.get(k).is_some_and(|sv| sv.eq_ignore_ascii_case(v));
+            if !same {
+                sql.push_str("SET ");
+                sql.push_str(&quote_ident(k));
+                sql.push('=');
+                sql.push_str(&quote_literal(v));
+                sql.push(';');
+            }
+        }
+        (!sql.is_empty()).then_some(sql)
+    }
+
+    /// After a sync SET, the server's canonical spelling becomes the client's value, so the
+    /// next lease does not send the same SET again (PgBouncer #879).
+    pub fn adopt_canonical(&mut self, server: &ServerParams) {
+        for (k, v) in self.vals.iter_mut() {
+            if let Some(sv) = server.get(k) {
+                if sv.eq_ignore_ascii_case(v) && sv != v {
+                    *v = sv.to_string();
+                }
+            }
+        }
+    }
+}
+
+/// `E'…'` literal: correct whatever standard_conforming_strings is on the server.
+pub fn quote_literal(v: &str) -> String {
+    let mut s = String::with_capacity(v.len() + 3);
+    s.push_str("E'");
+    for c in v.chars() {
+        match c {
+            '\'' => s.push_str("''"),
+            '\\' => s.push_str("\\\\"),
+            c => s.push(c),
+        }
+    }
+    s.push('\'');
+    s
+}
+
+fn quote_ident(k: &str) -> String {
+    if k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        k.to_string()
+    } else {
+        format!("\"{}\"", k.replace('"', "\"\""))
+    }
+}
+
+/// The `options` startup parameter holds something other than `-c k=v` / `--k=v`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadOptions;
+
+/// Parses the `options` startup parameter: `-c key=val`, `-ckey=val` and `--key=val`,
+/// whitespace-separated with backslash escapes (libpq's rules). `Err` = something else
+/// is in there.
+pub fn parse_options(options: &str) -> Result<Vec<(String, String)>, BadOptions> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                    in_word = true;
+                }
+            }
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    let mut out = Vec::new();
+    let mut it = words.into_iter();
+    while let Some(w) = it.next() {
+        let kv = if w == "-c" {
+            it.next().ok_or(BadOptions)?
+        } else if let Some(rest) = w.strip_prefix("--") {
+            rest.to_string()
+        } else if let Some(rest) = w.strip_prefix("-c") {
+            rest.to_string()
+        } else {
+            return Err(BadOptions);
+        };
+        let (k, v) = kv.split_once('=').ok_or(BadOptions)?;
+        // PostgreSQL treats '-' in option names as '_'.
+        out.push((k.replace('-', "_"), v.to_string()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_sql_only_differences() {
+        let mut c = ClientParams::default();
+        c.set("TimeZone", "Europe/Paris");
+        c.set("DateStyle", "ISO, MDY");
+        let mut s = ServerParams::default();
+        s.set("TimeZone", "UTC");
+        s.set("DateStyle", "iso, mdy");
+        assert_eq!(
+            c.sync_sql(&s).as_deref(),
+            Some("SET TimeZone=E'Europe/Paris';")
+        );
+        s.set("TimeZone", "Europe/Paris");
+        assert_eq!(c.sync_sql(&s), None);
+    }
+
+    #[test]
+    fn literals_are_escaped() {
+        assert_eq!(quote_literal("a'b\\c"), "E'a''b\\\\c'");
+    }
+
+    #[test]
+    fn canonical_values_adopted() {
+        let mut c = ClientParams::default();
+        c.set("client_encoding", "utf8");
+        let mut s = ServerParams::default();
+        s.set("client_encoding", "UTF8");
+        c.adopt_canonical(&s);
+        assert_eq!(c.get("client_encoding"), Some("UTF8"));
+    }
+
+    #[test]
+    fn options_forms() {
+        assert_eq!(
+            parse_options("-c geqo=off --search-path=a\\ b -cDateStyle=ISO").unwrap(),
+            vec![
+                ("geqo".into(), "off".into()),
+                ("search_path".into(), "a b".into()),
+                ("DateStyle".into(), "ISO".into())
+            ]
+        );
+        assert!(parse_options("-x foo").is_err());
+        assert!(parse_options("-c").is_err());
+        assert!(parse_options("-c novalue").is_err());
+    }
+}
