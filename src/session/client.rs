@@ -28,41 +28,42 @@ use crate::server::{login::simple_query, ServerConn};
 pub async fn serve(app: Arc<App>, mut stream: Stream, peer: PeerAddr) {
     app.live_clients.fetch_add(1, Ordering::AcqRel);
     let started = Instant::now();
+    let id = crate::server::conn::next_id();
+    // PgBouncer's log prefix: C-0x<id>: db/user@addr:port
+    let mut who = format!("C-{id:#x}: (nodb)/(nouser)@{peer}");
     let timeout = app.config.load().general.client_login_timeout;
     let res = if timeout.is_zero() {
-        login(&app, &mut stream, &peer).await
+        login(&app, &mut stream, &peer, id, &mut who).await
     } else {
-        match tokio::time::timeout(timeout, login(&app, &mut stream, &peer)).await {
+        match tokio::time::timeout(timeout, login(&app, &mut stream, &peer, id, &mut who)).await {
             Ok(r) => r,
             Err(_) => Err(PgError::fatal("client_login_timeout")),
         }
     };
     match res {
         Ok(Outcome::Session(s)) => {
-            let db = s.db.clone();
-            let user = s.user.clone();
             let reason = run(&app, &mut stream, *s).await;
             if let Some(e) = &reason.error {
-                send_error(&app, &mut stream, &peer, e).await;
+                send_error(&app, &mut stream, &who, e).await;
             }
             if app.config.load().general.log_disconnections {
                 tracing::info!(
-                    "{db}/{user}@{peer} closing because: {} (age={}s)",
+                    "{who} closing because: {} (age={}s)",
                     reason.text,
                     started.elapsed().as_secs()
                 );
             }
         }
         Ok(Outcome::Done) => {}
-        Err(e) => send_error(&app, &mut stream, &peer, &e).await,
+        Err(e) => send_error(&app, &mut stream, &who, &e).await,
     }
     let _ = stream.shutdown().await;
     app.live_clients.fetch_sub(1, Ordering::AcqRel);
 }
 
-async fn send_error(app: &App, stream: &mut Stream, peer: &PeerAddr, e: &PgError) {
+async fn send_error(app: &App, stream: &mut Stream, who: &str, e: &PgError) {
     if app.config.load().general.log_pooler_errors {
-        tracing::warn!("(nodb)/(nouser)@{peer} pooler error: {}", e.message);
+        tracing::warn!("{who} pooler error: {}", e.message);
     }
     let mut out = BytesMut::new();
     e.write(&mut out);

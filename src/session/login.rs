@@ -193,11 +193,14 @@ fn check_params(
     })
 }
 
-/// Logs a client in. Errors are sent by the caller (FATAL, then close).
+/// Logs a client in. Errors are sent by the caller (FATAL, then close). `who` is the log
+/// prefix; it gains the database and user once the startup packet names them.
 pub async fn login(
     app: &Arc<App>,
     stream: &mut Stream,
     peer: &PeerAddr,
+    id: u64,
+    who: &mut String,
 ) -> Result<Outcome, PgError> {
     let mut out = BytesMut::with_capacity(512);
     let (minor, raw) = match read_startup(stream, &mut out).await? {
@@ -218,12 +221,10 @@ pub async fn login(
         // Protocol 3.0 only, as PgBouncer: keeps cancel keys 4 bytes.
         backend::negotiate_protocol_version(&mut out, 0, &w.unrecognised_pq);
     }
+    *who = format!("C-{id:#x}: {}/{}@{peer}", w.database, w.user);
     if cfg.general.log_connections {
         tracing::info!(
-            "{}/{}@{} login attempt: db={} user={} tls=no",
-            w.database,
-            w.user,
-            peer,
+            "{who} login attempt: db={} user={} tls=no replication=no",
             w.database,
             w.user
         );
