@@ -1,15 +1,34 @@
 //! Tests of the test harness itself (tests/common): the PostgreSQL cluster,
-//! its pg_hba.conf, the clients and tool wrappers.
+//! its pg_hba.conf, the clients and tool wrappers, the pooler process
+//! machinery (with a stand-in for pgsluice) and cleanup of every process the
+//! harness starts.
 
 mod common;
 
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::raw::{auth, md5_password};
 use common::{
     cluster, connect, connect_err, connect_unix, db_error_text, pgbench, psql, psql_password,
-    stdout_ok, RawClient,
+    stdout_ok, PoolerBuilder, RawClient,
 };
+
+/// Environment variable that turns `child_process_entry` into a helper process.
+const CHILD_ENV: &str = "PGSLUICE_HARNESS_CHILD";
+
+const STAND_IN_INI: &str = "[databases]\n\
+    * = host={pg_host} port={pg_port}\n\
+    [pgbouncer]\n\
+    listen_addr = 127.0.0.1\n\
+    listen_port = {port}\n\
+    unix_socket_dir = {dir}\n\
+    auth_file = {dir}/userlist.txt\n";
 
 // ------------------------------------------------------------------ cluster
 
@@ -426,4 +445,363 @@ async fn psql_and_pgbench_wrappers_work() {
         text.contains("number of transactions actually processed: 40/40"),
         "{text}"
     );
+}
+
+// ------------------------------------------------------- pooler (stand-in)
+
+/// A builder that runs this test binary as a stand-in pooler (see
+/// `fake_pooler`), so the process machinery can be tested before pgsluice
+/// exists.
+fn stand_in(ini: &str) -> PoolerBuilder {
+    let exe = std::env::current_exe().expect("path of the test binary");
+    PoolerBuilder::new(ini)
+        .program(
+            exe,
+            &[
+                "--exact",
+                "child_process_entry",
+                "--nocapture",
+                "--test-threads=1",
+                "-q",
+            ],
+        )
+        .env(CHILD_ENV, "fake_pooler")
+}
+
+#[test]
+fn pooler_process_machinery_works_with_a_stand_in() {
+    let pooler = stand_in(STAND_IN_INI)
+        .userlist("\"alice\" \"secret\"\n")
+        .start();
+    let ini = std::fs::read_to_string(pooler.ini_path()).expect("read ini");
+    let pg = cluster();
+    assert!(
+        ini.contains(&format!("listen_port = {}\n", pooler.port)),
+        "{ini}"
+    );
+    assert!(
+        ini.contains(&format!("host=127.0.0.1 port={}\n", pg.port())),
+        "{ini}"
+    );
+    assert!(
+        ini.contains(&format!(
+            "auth_file = {}/userlist.txt",
+            pooler.dir.path().display()
+        )),
+        "{ini}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(pooler.path("userlist.txt")).expect("userlist"),
+        "\"alice\" \"secret\"\n"
+    );
+    TcpStream::connect(("127.0.0.1", pooler.port)).expect("the stand-in listens");
+    assert!(
+        pooler.wait_for_log("fake pooler listening", Duration::from_secs(5)),
+        "log: {}",
+        pooler.log()
+    );
+    pooler.write_file("extra.txt", "x");
+    assert!(pooler.path("extra.txt").exists());
+    assert!(pooler.is_running());
+    pooler.signal(libc::SIGTERM);
+    let status = pooler
+        .wait_exit(Duration::from_secs(10))
+        .expect("the stand-in exits on SIGTERM");
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status}");
+    assert!(!pooler.is_running());
+}
+
+#[test]
+fn dropping_a_pooler_kills_it() {
+    let pooler = stand_in(STAND_IN_INI).start();
+    let pid = pooler.pid();
+    assert!(pid_alive(pid));
+    drop(pooler);
+    assert!(!pid_alive(pid), "pid {pid} survived Drop");
+}
+
+#[test]
+fn start_expect_fail_returns_status_and_output() {
+    let (status, log) = stand_in("bad ini")
+        .env(CHILD_ENV, "fake_fail")
+        .start_expect_fail();
+    assert_eq!(status.code(), Some(3), "{log}");
+    assert!(log.contains("invalid config"), "{log}");
+}
+
+#[test]
+fn start_panics_with_the_log_when_the_pooler_exits_early() {
+    let result = std::panic::catch_unwind(|| {
+        stand_in("bad ini").env(CHILD_ENV, "fake_fail").start();
+    });
+    let payload = result.expect_err("start must panic");
+    let message = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(message.contains("did not start listening"), "{message}");
+    assert!(message.contains("invalid config"), "{message}");
+}
+
+#[test]
+fn the_real_binary_exits_on_an_unusable_config() {
+    // Exercises the CARGO_BIN_EXE_pgsluice path; the status is not asserted
+    // while the binary is a stub (it exits 0 without reading the file).
+    let (_status, _log) = common::Pooler::start_expect_fail("this is [not an ini file");
+}
+
+// ------------------------------------------------------------------ cleanup
+
+/// Entry point of helper processes: this test binary re-run with
+/// `--exact child_process_entry` and `PGSLUICE_HARNESS_CHILD` set.  Without
+/// that variable (a normal test run) it does nothing.
+#[test]
+fn child_process_entry() {
+    let Ok(mode) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    match mode.as_str() {
+        "fake_pooler" => fake_pooler(),
+        "fake_fail" => {
+            eprintln!("invalid config: the stand-in always fails");
+            std::process::exit(3);
+        }
+        "victim_exit" | "victim_sigkill" => victim(&mode),
+        other => panic!("unknown {CHILD_ENV} mode {other:?}"),
+    }
+}
+
+/// Listens on the ini's listen_port and accepts connections until killed.
+fn fake_pooler() {
+    let ini_path = std::env::args().next_back().expect("ini path argument");
+    let ini = std::fs::read_to_string(&ini_path).expect("read the ini");
+    let port: u16 = ini
+        .lines()
+        .find_map(|l| l.strip_prefix("listen_port = "))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("listen_port in the ini");
+    let listener = match std::net::TcpListener::bind(("127.0.0.1", port)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("cannot listen on 127.0.0.1:{port}: {e}");
+            std::process::exit(1);
+        }
+    };
+    println!("fake pooler listening on {port}");
+    for stream in listener.incoming() {
+        drop(stream);
+    }
+}
+
+/// Starts a cluster and a stand-in pooler, reports their pids, then either
+/// returns (normal exit: atexit + watchdogs clean up) or waits to be killed
+/// (returning when its stdin closes, so it never outlives the parent).
+fn victim(mode: &str) {
+    let pg = cluster();
+    let pooler = stand_in(STAND_IN_INI).start();
+    println!(
+        "READY {} {} {}",
+        pg.postmaster_pid(),
+        pooler.pid(),
+        pg.dir().display()
+    );
+    if mode == "victim_sigkill" {
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut rest);
+        panic!("the victim was not killed before its stdin closed");
+    }
+    // Leave the pooler to its watchdog instead of Drop.
+    std::mem::forget(pooler);
+}
+
+struct Victim {
+    child: Child,
+    postmaster: u32,
+    postmaster_children: Vec<u32>,
+    pooler: u32,
+    dir: String,
+    stderr: tempfile::NamedTempFile,
+}
+
+fn spawn_victim(mode: &str) -> Victim {
+    let stderr = tempfile::NamedTempFile::new().expect("temp file for the victim's stderr");
+    let mut child = Command::new(std::env::current_exe().expect("path of the test binary"))
+        .args([
+            "--exact",
+            "child_process_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, mode)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(stderr.reopen().expect("reopen the stderr temp file"))
+        .spawn()
+        .expect("start the victim process");
+    let stdout = child.stdout.take().expect("victim stdout is piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let line = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            // libtest may print "test child_process_entry ... " first.
+            Ok(line) => match line.find("READY ") {
+                Some(at) => break line[at..].to_owned(),
+                None => continue,
+            },
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the victim did not report READY ({e}); stderr:\n{}",
+                    std::fs::read_to_string(stderr.path()).unwrap_or_default()
+                );
+            }
+        }
+    };
+    let parts: Vec<&str> = line.split_whitespace().collect();
+    let postmaster: u32 = parts[1].parse().expect("postmaster pid");
+    let pooler: u32 = parts[2].parse().expect("pooler pid");
+    let postmaster_children = children_of(postmaster);
+    Victim {
+        child,
+        postmaster,
+        postmaster_children,
+        pooler,
+        dir: parts[3].to_owned(),
+        stderr,
+    }
+}
+
+impl Victim {
+    /// Processes (pids and descriptions) of the victim that are still alive.
+    fn survivors(&self) -> Vec<String> {
+        let mut alive: Vec<String> = std::iter::once(self.postmaster)
+            .chain(self.postmaster_children.iter().copied())
+            .chain(std::iter::once(self.pooler))
+            .filter(|&pid| pid_alive(pid))
+            .map(|pid| format!("pid {pid}: {}", cmdline(pid)))
+            .collect();
+        alive.extend(processes_mentioning(&self.dir));
+        alive
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
+    }
+}
+
+#[test]
+fn sigkill_of_the_test_process_leaves_no_process_behind() {
+    let mut victim = spawn_victim("victim_sigkill");
+    assert!(
+        !victim.postmaster_children.is_empty(),
+        "the postmaster has no children to check"
+    );
+    assert!(victim.survivors().len() >= 3, "{:?}", victim.survivors());
+    victim.child.kill().expect("SIGKILL the victim");
+    victim.child.wait().expect("reap the victim");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let survivors = victim.survivors();
+        let dir_left = Path::new(&victim.dir).exists();
+        if survivors.is_empty() && !dir_left {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after SIGKILL of the test process: survivors {survivors:?}, dir left: {dir_left}; victim stderr:\n{}",
+            victim.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn normal_exit_of_the_test_process_leaves_no_process_behind() {
+    let mut victim = spawn_victim("victim_exit");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = victim.child.try_wait().expect("poll the victim") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the victim did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        status.success(),
+        "victim failed: {status}\n{}",
+        victim.stderr()
+    );
+    // The atexit handler stops the cluster synchronously...
+    let survivors: Vec<String> = victim
+        .survivors()
+        .into_iter()
+        .filter(|s| !s.starts_with(&format!("pid {}:", victim.pooler)))
+        .collect();
+    assert!(survivors.is_empty(), "right after exit: {survivors:?}");
+    assert!(!Path::new(&victim.dir).exists(), "cluster dir left behind");
+    // ...and the pooler's watchdog kills the forgotten pooler soon after.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pid_alive(victim.pooler) {
+        assert!(Instant::now() < deadline, "the forgotten pooler survived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ------------------------------------------------------------ /proc helpers
+
+/// (state, ppid) from /proc/<pid>/stat.
+fn proc_stat(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// Alive and not a zombie.
+fn pid_alive(pid: u32) -> bool {
+    matches!(proc_stat(pid), Some((state, _)) if state != 'Z' && state != 'X')
+}
+
+fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .expect("list /proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+fn children_of(parent: u32) -> Vec<u32> {
+    all_pids()
+        .into_iter()
+        .filter(|&pid| matches!(proc_stat(pid), Some((_, ppid)) if ppid == parent))
+        .collect()
+}
+
+fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// Live processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    all_pids()
+        .into_iter()
+        .filter(|&pid| pid_alive(pid))
+        .filter_map(|pid| {
+            let cmd = cmdline(pid);
+            cmd.contains(needle).then(|| format!("pid {pid}: {cmd}"))
+        })
+        .collect()
 }

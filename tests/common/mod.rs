@@ -1,5 +1,6 @@
-//! Integration-test harness for pgsluice: a real PostgreSQL cluster and
-//! clients (tokio-postgres, a raw protocol client, psql and pgbench).
+//! Integration-test harness for pgsluice: a real PostgreSQL cluster, the
+//! pooler binary, clients (tokio-postgres, a raw protocol client, psql and
+//! pgbench).
 //!
 //! # The PostgreSQL cluster
 //! [`cluster()`] starts one cluster per test binary on first use: `initdb`
@@ -20,11 +21,21 @@
 //! * An `atexit` handler closes that pipe and waits (up to 15 s, then
 //!   SIGKILL) for the watchdog to finish, so on a normal exit (pass or fail)
 //!   the cluster is gone and its directory removed before the process ends.
+//! * Every pooler process ([`Pooler`]) gets a watchdog of its own
+//!   (`sh -c 'read; kill -KILL <pid>'` on a pipe that only the test process
+//!   holds); `Drop` disarms the watchdog and then kills and reaps the pooler.
+//!   If the test process dies without running `Drop`, the pipe closes and the
+//!   watchdog kills the pooler.
 //! * psql / pgbench wrappers run with a timeout and are killed when it passes.
+//!
+//! `harness.rs` checks this by experiment: it runs itself as a child test
+//! process, SIGKILLs it (or lets it exit) and verifies that the postmaster,
+//! its children and a pooler stand-in are gone and the temp dir removed.
 
 #![allow(dead_code, unused_imports)]
 
 pub mod cluster;
+pub mod pooler;
 pub mod raw;
 
 use std::io::Read;
@@ -33,6 +44,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub use cluster::{cluster, free_port, PgCluster, PG_HOST};
+pub use pooler::{Pooler, PoolerBuilder};
 pub use raw::{Msg, RawClient};
 
 /// How long a tokio-postgres connection attempt may take.
