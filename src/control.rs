@@ -15,6 +15,8 @@ pub struct App {
     pub config: ArcSwap<Config>,
     pub userlist: ArcSwap<UserList>,
     pub registry: Registry,
+    /// Logged-in clients by id, for SHOW CLIENTS / KILL_CLIENT.
+    pub client_records: dashmap::DashMap<u64, Arc<crate::stats::ClientInfo>>,
     pub cancels: Arc<CancelRegistry>,
     /// Logged-in (or logging-in) clients, for max_client_conn; the admin console is exempt.
     pub clients: Counter,
@@ -31,6 +33,7 @@ impl App {
             config: ArcSwap::from_pointee(config),
             userlist: ArcSwap::from_pointee(userlist),
             registry: Registry::default(),
+            client_records: dashmap::DashMap::new(),
             cancels: Arc::new(CancelRegistry::default()),
             clients: Counter::default(),
             live_clients: AtomicU32::new(0),

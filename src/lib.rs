@@ -11,3 +11,4 @@ pub mod proto;
 pub mod run;
 pub mod server;
 pub mod session;
+pub mod stats;

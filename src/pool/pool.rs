@@ -86,6 +86,12 @@ pub struct Pool {
     pub user: Arc<Shared>,
     /// Clients logged in to this pool (min_pool_size applies only while there are some).
     pub clients: super::Counter,
+    /// SHOW STATS counters.
+    pub stats: crate::stats::Counters,
+    /// Averages over the last stats_period, and the totals they were computed from.
+    pub averages: Mutex<(crate::stats::Snapshot, crate::stats::Snapshot)>,
+    /// Every logged-in server of this pool, idle or leased, for SHOW SERVERS.
+    servers: Mutex<Vec<Arc<crate::stats::ServerInfo>>>,
     state: Mutex<State>,
     welcome: Mutex<Option<Arc<ServerParams>>>,
     /// Bumped when connection settings change; older servers close on release.
@@ -113,6 +119,9 @@ impl Pool {
             db,
             user,
             clients: super::Counter::default(),
+            stats: crate::stats::Counters::default(),
+            averages: Mutex::new(Default::default()),
+            servers: Mutex::new(Vec::new()),
             state: Mutex::new(State::default()),
             welcome: Mutex::new(None),
             generation: AtomicU64::new(1),
@@ -153,7 +162,7 @@ impl Pool {
             let mut st = self.state.lock();
             let idle: Vec<_> = st.idle.drain(..).collect();
             for s in idle {
-                self.forget_server(&mut st);
+                self.forget_server(&mut st, s.id);
                 close_server(s, true);
             }
         }
@@ -176,6 +185,35 @@ impl Pool {
     /// The ParameterStatus set of the first server login, for the welcome message.
     pub fn welcome(&self) -> Option<Arc<ServerParams>> {
         self.welcome.lock().clone()
+    }
+
+    /// Every logged-in server of this pool.
+    pub fn servers(&self) -> Vec<Arc<crate::stats::ServerInfo>> {
+        self.servers.lock().clone()
+    }
+
+    /// Waiting time of the oldest waiter.
+    pub fn max_wait(&self) -> Duration {
+        let st = self.state.lock();
+        st.waiters
+            .front()
+            .map(|w| w.since.elapsed())
+            .unwrap_or_default()
+    }
+
+    /// The configuration generation; servers from older ones close on release.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// RECONNECT: every current server is closed when next released; idle ones now.
+    pub fn reconnect(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        for s in self.servers.lock().iter() {
+            s.close_needed.store(true, Ordering::Relaxed);
+        }
+        self.close_idle();
+        self.grow();
     }
 
     pub fn counts(&self) -> PoolCounts {
@@ -280,16 +318,18 @@ impl Pool {
                 return;
             };
             if !(self.db.has_blocked() || self.user.has_blocked()) {
+                conn.info.set_state(crate::stats::ServerState::Idle);
+                conn.info.link.store(0, Ordering::Relaxed);
                 st.idle.push_back(conn);
                 return;
             }
-            self.forget_server(&mut st);
+            self.forget_server(&mut st, conn.id);
             drop(st);
             close_server(conn, true);
             self.wake_blocked();
             return;
         }
-        self.forget_server(&mut st);
+        self.forget_server(&mut st, conn.id);
         drop(st);
         close_server(conn, true);
         self.wake_blocked();
@@ -301,15 +341,19 @@ impl Pool {
     pub fn discard(&self, conn: ServerConn) {
         {
             let mut st = self.state.lock();
-            self.forget_server(&mut st);
+            self.forget_server(&mut st, conn.id);
         }
         close_server(conn, false);
         self.wake_blocked();
         self.grow();
     }
 
-    /// Bookkeeping for a server leaving this pool (caller closes it).
-    fn forget_server(&self, st: &mut State) {
+    /// Bookkeeping for a server leaving this pool (caller closes it). `id` 0 = a connect
+    /// that never produced a server.
+    fn forget_server(&self, st: &mut State, id: u64) {
+        if id != 0 {
+            self.servers.lock().retain(|s| s.id != id);
+        }
         st.total = st.total.saturating_sub(1);
         self.db.servers.release();
         self.user.servers.release();
@@ -412,8 +456,8 @@ impl Pool {
                 let victim = {
                     let mut st = p.state.lock();
                     let v = st.idle.pop_front();
-                    if v.is_some() {
-                        p.forget_server(&mut st);
+                    if let Some(c) = &v {
+                        p.forget_server(&mut st, c.id);
                     }
                     v
                 };
@@ -461,7 +505,7 @@ impl Pool {
                 }
             }
             Err(e) => {
-                self.forget_server(&mut st);
+                self.forget_server(&mut st, 0);
                 tracing::warn!(
                     "{}/{}: server login failed: {e}",
                     self.db_name,
@@ -493,6 +537,9 @@ impl Pool {
                         let _ = w.tx.send(Err(client_err.clone()));
                     }
                 }
+                drop(st);
+                // The failed connect's slot under max_db/max_user_connections is free.
+                self.wake_blocked();
             }
         }
     }
@@ -520,7 +567,7 @@ impl Pool {
                     && now.duration_since(c.created) >= s.server_lifetime;
                 if idle_too_long || too_old {
                     if let Some(c) = st.idle.remove(i) {
-                        self.forget_server(&mut st);
+                        self.forget_server(&mut st, c.id);
                         closing.push(c);
                     }
                 } else {
@@ -545,8 +592,8 @@ impl Pool {
         let idle: Vec<ServerConn> = {
             let mut st = self.state.lock();
             let v: Vec<_> = st.idle.drain(..).collect();
-            for _ in &v {
-                self.forget_server(&mut st);
+            for c in &v {
+                self.forget_server(&mut st, c.id);
             }
             v
         };
@@ -568,7 +615,6 @@ fn pop_idle(st: &mut State, round_robin: bool) -> Option<ServerConn> {
 /// Gives `conn` to the oldest waiter still listening; returns it if there is none.
 fn hand_to_waiter(st: &mut State, mut conn: ServerConn) -> Option<ServerConn> {
     while let Some(w) = st.waiters.pop_front() {
-        let _ = w.since;
         match w.tx.send(Ok(conn)) {
             Ok(()) => return None,
             Err(Ok(c)) => conn = c,

@@ -31,9 +31,12 @@ pub struct ServerParams(pub Vec<(String, String)>);
 
 impl ServerParams {
     pub fn get(&self, name: &str) -> Option<&str> {
+        // Tracked names are kept in the server's own spelling, so the exact match almost
+        // always hits; the case-insensitive scan is the fallback.
         self.0
             .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .find(|(k, _)| k == name)
+            .or_else(|| self.0.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)))
             .map(|(_, v)| v.as_str())
     }
 
@@ -77,4 +80,6 @@ pub struct ServerConn {
     /// The pool's configuration generation when this server logged in; a server from an
     /// older generation is closed on release (RELOAD with changed connection settings).
     pub generation: u64,
+    /// What SHOW SERVERS shows about this connection.
+    pub info: std::sync::Arc<crate::stats::ServerInfo>,
 }

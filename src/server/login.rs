@@ -308,6 +308,21 @@ async fn connect_inner(
         }
     }
     let now = Instant::now();
+    let id = next_id();
+    let (ip, port) = match &addr {
+        ServerAddr::Tcp(a) => (a.ip().to_string(), a.port()),
+        ServerAddr::Unix(p) => (p.display().to_string(), target.port),
+    };
+    let (lip, lport) = match &stream {
+        Stream::Tcp(t) => t
+            .local_addr()
+            .map(|a| (a.ip().to_string(), a.port()))
+            .unwrap_or_default(),
+        Stream::Unix(_) => ("unix".to_string(), 0),
+    };
+    let info = std::sync::Arc::new(crate::stats::ServerInfo::new(
+        id, ip, port, lip, lport, key.0,
+    ));
     let mut conn = ServerConn {
         stream,
         rbuf,
@@ -315,10 +330,11 @@ async fn connect_inner(
         backend_pid: key.0,
         backend_secret: key.1,
         addr,
-        id: next_id(),
+        id,
         created: now,
         last_used: now,
         generation,
+        info,
     };
     if let Some(q) = &target.connect_query {
         // PgBouncer logs connect_query errors and keeps the connection.

@@ -16,13 +16,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::cancel::ServerKey;
 use super::login::{login, Outcome, Session};
-use super::relay::{relay, RelayEnd};
+use super::relay::{relay, Meter, RelayEnd};
 use super::tracker::Tracker;
 use crate::config::PoolMode;
 use crate::control::App;
 use crate::net::{PeerAddr, Stream};
 use crate::proto::PgError;
 use crate::server::{login::simple_query, ServerConn};
+use crate::stats::{ClientState, ServerState, TxStats};
 
 /// Serves one client connection to the end.
 pub async fn serve(app: Arc<App>, mut stream: Stream, peer: PeerAddr) {
@@ -95,7 +96,11 @@ async fn run(app: &App, stream: &mut Stream, mut s: Session) -> End {
     let mut tracker = Tracker::default();
     let mut cbuf = std::mem::take(&mut s.rbuf);
     let mut shutdown = app.shutdown_signal();
+    let info = s.record.info.clone();
     loop {
+        if info.is_killed() {
+            return End::fatal(PgError::fatal(info.kill_reason.lock().clone()));
+        }
         // Idle: no server, and no buffer unless bytes are pending.
         if cbuf.is_empty() {
             cbuf = BytesMut::new();
@@ -105,6 +110,7 @@ async fn run(app: &App, stream: &mut Stream, mut s: Session) -> End {
             tokio::select! {
                 r = stream.readable() => if r.is_err() { return End::quiet("client close request") },
                 _ = shutdown.changed() => return End::fatal(PgError::fatal("server shutting down")),
+                _ = info.kill_notify.notified() => continue,
             }
             cbuf.reserve(8192);
             match stream.read_buf(&mut cbuf).await {
@@ -124,10 +130,34 @@ async fn run(app: &App, stream: &mut Stream, mut s: Session) -> End {
         }
 
         let settings = s.pool.settings();
-        let mut server = match lease(&s).await {
+        let wait_from = Instant::now();
+        info.request_time_us
+            .store(crate::stats::now_us(), Ordering::Relaxed);
+        info.set_state(ClientState::Waiting);
+        info.wait_start_us
+            .store(crate::stats::now_us(), Ordering::Relaxed);
+        let leased = tokio::select! {
+            r = lease(&s) => r,
+            _ = info.kill_notify.notified() => Err(PgError::fatal(info.kill_reason.lock().clone())),
+        };
+        info.wait_start_us.store(0, Ordering::Relaxed);
+        let mut server = match leased {
             Ok(c) => c,
             Err(e) => return End::fatal(e),
         };
+        let mut tx = TxStats {
+            server_assignment_count: 1,
+            wait_time: wait_from.elapsed().as_micros() as u64,
+            ..Default::default()
+        };
+        info.set_state(ClientState::Active);
+        info.link.store(server.id, Ordering::Relaxed);
+        server.info.set_state(ServerState::Active);
+        server.info.link.store(info.id, Ordering::Relaxed);
+        server
+            .info
+            .request_time_us
+            .store(crate::stats::now_us(), Ordering::Relaxed);
         if let Some(sql) = s.params.sync_sql(&server.params) {
             if simple_query(&mut server, &sql, settings.max_packet_size)
                 .await
@@ -144,16 +174,23 @@ async fn run(app: &App, stream: &mut Stream, mut s: Session) -> End {
             secret: server.backend_secret,
         });
         tracker.reset();
-        let end = relay(
-            stream,
-            &mut cbuf,
-            &mut server,
-            &mut tracker,
-            &mut s.params,
-            settings.mode,
-            settings.max_packet_size,
-        )
-        .await;
+        let mut meter = Meter::new(&mut tx);
+        let end = tokio::select! {
+            end = relay(
+                stream,
+                &mut cbuf,
+                &mut server,
+                &mut tracker,
+                &mut s.params,
+                &mut meter,
+                settings.mode,
+                settings.max_packet_size,
+            ) => end,
+            _ = info.kill_notify.notified() => RelayEnd::Killed,
+        };
+        s.pool.stats.add(&tx);
+        info.set_state(ClientState::Idle);
+        info.link.store(0, Ordering::Relaxed);
         let cancels_done = s.cancel.slot.disarm().await;
         match end {
             RelayEnd::Release => {
@@ -203,6 +240,10 @@ async fn run(app: &App, stream: &mut Stream, mut s: Session) -> End {
                 s.pool.discard(server);
                 return End::fatal(PgError::fatal(format!("server sent bad packet: {e}")));
             }
+            RelayEnd::Killed => {
+                s.pool.discard(server);
+                return End::fatal(PgError::fatal(info.kill_reason.lock().clone()));
+            }
             RelayEnd::StatementViolation => {
                 s.pool.discard(server);
                 return End::fatal(PgError::fatal(
@@ -230,9 +271,21 @@ async fn lease(s: &Session) -> Result<ServerConn, PgError> {
 
 /// An idle server must have no unread bytes: EOF means it died (backend terminated, server
 /// restarted), data means it sent something while idle. Either way it is not reused.
+///
+/// The reactor's cached readiness answers without a syscall: an idle socket that epoll has
+/// not reported readable has nothing to say. Only when it has (or a previous read filled
+/// its buffer exactly, leaving readiness set) is the socket peeked to be sure.
 fn server_is_clean(conn: &ServerConn) -> bool {
     if !conn.rbuf.is_empty() {
         return false;
+    }
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let ready = match &conn.stream {
+        Stream::Tcp(t) => t.poll_read_ready(&mut cx).is_ready(),
+        Stream::Unix(u) => u.poll_read_ready(&mut cx).is_ready(),
+    };
+    if !ready {
+        return true;
     }
     let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
     let r = match &conn.stream {

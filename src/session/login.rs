@@ -41,8 +41,21 @@ impl Drop for ClientSlots {
     }
 }
 
+/// Keeps a client listed in SHOW CLIENTS while it lives.
+pub struct ClientRecord {
+    app: Arc<App>,
+    pub info: Arc<crate::stats::ClientInfo>,
+}
+
+impl Drop for ClientRecord {
+    fn drop(&mut self) {
+        self.app.client_records.remove(&self.info.id);
+    }
+}
+
 /// A logged-in client, ready for its request loop.
 pub struct Session {
+    pub record: ClientRecord,
     pub pool: Arc<Pool>,
     pub params: ClientParams,
     pub user: String,
@@ -330,7 +343,38 @@ pub async fn login(
         .write_all(&out)
         .await
         .map_err(|_| PgError::fatal("client write failed"))?;
+    pool.stats.add(&crate::stats::Snapshot {
+        client_login_count: 1,
+        ..Default::default()
+    });
+    let (local_addr, local_port) = match stream {
+        Stream::Tcp(t) => t
+            .local_addr()
+            .map(|a| (a.ip().to_string(), a.port()))
+            .unwrap_or_default(),
+        Stream::Unix(_) => ("unix".to_string(), 0),
+    };
+    let info = Arc::new(crate::stats::ClientInfo::new(
+        id,
+        peer.ip_string(),
+        peer.port(),
+        local_addr,
+        local_port,
+        w.database.clone(),
+        w.user.clone(),
+        params.get("application_name").unwrap_or("").to_string(),
+        false,
+    ));
+    info.cancel_pid
+        .store(cancel.pid as u32, std::sync::atomic::Ordering::Relaxed);
+    info.set_state(crate::stats::ClientState::Idle);
+    app.client_records.insert(id, info.clone());
+    let record = ClientRecord {
+        app: app.clone(),
+        info,
+    };
     Ok(Outcome::Session(Box::new(Session {
+        record,
         pool,
         params,
         user: w.user,

@@ -78,7 +78,9 @@ impl ClientParams {
     pub fn sync_sql(&self, server: &ServerParams) -> Option<String> {
         let mut sql = String::new();
         for (k, v) in &self.vals {
-            let same = server.get(k).is_some_and(|sv| sv.eq_ignore_ascii_case(v));
+            let same = server
+                .get(k)
+                .is_some_and(|sv| sv == v || sv.eq_ignore_ascii_case(v));
             if !same {
                 sql.push_str("SET ");
                 sql.push_str(&quote_ident(k));

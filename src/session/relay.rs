@@ -11,6 +11,7 @@
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWrite;
@@ -43,6 +44,8 @@ pub enum RelayEnd {
     ServerProtocol(FrameError),
     /// Statement mode: the server reported a transaction block.
     StatementViolation,
+    /// KILL_CLIENT / KILL: the client is to be dropped now.
+    Killed,
 }
 
 /// One direction's buffer: `buf[..fwd]` is scanned and ready to write; `skip` bytes of
@@ -101,6 +104,51 @@ impl<'a> Side<'a> {
     }
 }
 
+/// Counters and clocks of one lease: bytes each way, queries (ReadyForQuery), transactions
+/// (ReadyForQuery back to idle), and their times.
+pub struct Meter<'a> {
+    pub stats: &'a mut crate::stats::TxStats,
+    /// When the oldest unanswered request was sent.
+    query_start: Option<Instant>,
+    /// When the current transaction's first request was sent.
+    xact_start: Option<Instant>,
+}
+
+impl<'a> Meter<'a> {
+    pub fn new(stats: &'a mut crate::stats::TxStats) -> Self {
+        Meter {
+            stats,
+            query_start: None,
+            xact_start: None,
+        }
+    }
+
+    #[inline]
+    fn request(&mut self, now: &mut Option<Instant>) {
+        let t = *now.get_or_insert_with(Instant::now);
+        self.query_start.get_or_insert(t);
+        self.xact_start.get_or_insert(t);
+    }
+
+    #[inline]
+    fn ready(&mut self, status: u8, still_owed: bool) {
+        let now = Instant::now();
+        self.stats.query_count += 1;
+        if let Some(t) = self.query_start.take() {
+            self.stats.query_time += now.duration_since(t).as_micros() as u64;
+        }
+        if still_owed {
+            self.query_start = Some(now);
+        }
+        if status == b'I' {
+            self.stats.xact_count += 1;
+            if let Some(t) = self.xact_start.take() {
+                self.stats.xact_time += now.duration_since(t).as_micros() as u64;
+            }
+        }
+    }
+}
+
 /// What one scan of newly read bytes found that ends the relay.
 enum Stop {
     Terminate,
@@ -111,8 +159,10 @@ enum Stop {
 fn scan_client(
     side: &mut Side<'_>,
     tracker: &mut Tracker,
+    meter: &mut Meter<'_>,
     max: u32,
 ) -> Result<Option<Stop>, FrameError> {
+    let mut now = None;
     loop {
         let avail = side.buf.len() - side.fwd;
         if avail == 0 {
@@ -131,6 +181,15 @@ fn scan_client(
             side.buf.truncate(side.fwd);
             return Ok(Some(Stop::Terminate));
         }
+        match h.tag {
+            b'Q' | b'F' | b'S' | b'P' | b'B' | b'E' => meter.request(&mut now),
+            _ => {}
+        }
+        match h.tag {
+            b'P' => meter.stats.client_parse_count += 1,
+            b'B' => meter.stats.bind_count += 1,
+            _ => {}
+        }
         let n = h.frame_len().min(avail);
         side.fwd += n;
         side.skip = h.frame_len() - n;
@@ -144,6 +203,7 @@ fn scan_server(
     tracker: &mut Tracker,
     server_params: &mut ServerParams,
     client_params: &mut ClientParams,
+    meter: &mut Meter<'_>,
     mode: PoolMode,
     max: u32,
 ) -> Result<Option<Stop>, FrameError> {
@@ -172,6 +232,7 @@ fn scan_server(
                 if h.tag == b'Z' {
                     let status = body.first().copied().unwrap_or(b'I');
                     tracker.server_msg(b'Z', status);
+                    meter.ready(status, tracker.owed() > 0);
                     if mode == PoolMode::Statement && status != b'I' {
                         side.buf.truncate(side.fwd);
                         return Ok(Some(Stop::Statement));
@@ -190,6 +251,9 @@ fn scan_server(
                 side.fwd += h.frame_len();
             }
             tag => {
+                if tag == b'1' {
+                    meter.stats.server_parse_count += 1;
+                }
                 tracker.server_msg(tag, 0);
                 let n = h.frame_len().min(avail);
                 side.fwd += n;
@@ -207,6 +271,7 @@ pub async fn relay(
     server: &mut ServerConn,
     tracker: &mut Tracker,
     params: &mut ClientParams,
+    meter: &mut Meter<'_>,
     mode: PoolMode,
     max_packet: u32,
 ) -> RelayEnd {
@@ -221,12 +286,14 @@ pub async fn relay(
     let mut terminating = false;
 
     // Bytes already buffered (the request that triggered the lease) are scanned first.
-    match scan_client(&mut c, tracker, max_packet) {
+    meter.stats.bytes_received += c.buf.len() as u64;
+    meter.stats.bytes_sent += s.buf.len() as u64;
+    match scan_client(&mut c, tracker, meter, max_packet) {
         Err(e) => return RelayEnd::ClientProtocol(e),
         Ok(Some(Stop::Terminate)) => terminating = true,
         _ => {}
     }
-    match scan_server(&mut s, tracker, sparams, params, mode, max_packet) {
+    match scan_server(&mut s, tracker, sparams, params, meter, mode, max_packet) {
         Err(e) => return RelayEnd::ServerProtocol(e),
         Ok(Some(Stop::Statement)) => return RelayEnd::StatementViolation,
         _ => {}
@@ -267,9 +334,10 @@ pub async fn relay(
         if s.wants_read() {
             match s.poll_read(cx, sstream) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(RelayEnd::ServerGone),
-                Poll::Ready(Ok(_)) => {
+                Poll::Ready(Ok(n)) => {
                     progress = true;
-                    match scan_server(&mut s, tracker, sparams, params, mode, max_packet) {
+                    meter.stats.bytes_sent += n as u64;
+                    match scan_server(&mut s, tracker, sparams, params, meter, mode, max_packet) {
                         Err(e) => return Poll::Ready(RelayEnd::ServerProtocol(e)),
                         Ok(Some(Stop::Statement)) => {
                             return Poll::Ready(RelayEnd::StatementViolation);
@@ -284,9 +352,10 @@ pub async fn relay(
         if !terminating && c.wants_read() {
             match c.poll_read(cx, client) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(RelayEnd::ClientGone),
-                Poll::Ready(Ok(_)) => {
+                Poll::Ready(Ok(n)) => {
                     progress = true;
-                    match scan_client(&mut c, tracker, max_packet) {
+                    meter.stats.bytes_received += n as u64;
+                    match scan_client(&mut c, tracker, meter, max_packet) {
                         Err(e) => return Poll::Ready(RelayEnd::ClientProtocol(e)),
                         Ok(Some(Stop::Terminate)) => terminating = true,
                         Ok(None) => {}

@@ -137,6 +137,12 @@ impl Tracker {
         self.owed.is_empty() && !self.ext_open && !self.copy_in && !self.copy_out
     }
 
+    /// Requests still owed a ReadyForQuery.
+    #[inline]
+    pub fn owed(&self) -> usize {
+        self.owed.len()
+    }
+
     pub fn tx_status(&self) -> u8 {
         self.tx_status
     }
