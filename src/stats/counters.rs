@@ -57,7 +57,7 @@ pub type TxStats = Snapshot;
 /// server assignment.
 pub fn averages(delta: &Snapshot, period_secs: u64) -> Snapshot {
     let p = period_secs.max(1);
-    let per = |t: u64, n: u64| if n == 0 { 0 } else { t / n };
+    let per = |t: u64, n: u64| t.checked_div(n).unwrap_or(0);
     Snapshot {
         server_assignment_count: delta.server_assignment_count / p,
         xact_count: delta.xact_count / p,
