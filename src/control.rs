@@ -24,6 +24,8 @@ pub struct App {
     pub live_clients: AtomicU32,
     pub shutting_down: AtomicBool,
     shutdown_tx: watch::Sender<bool>,
+    /// Asks the serving loop to exit now (SHUTDOWN, SIGQUIT).
+    pub exit: tokio::sync::Notify,
 }
 
 impl App {
@@ -39,6 +41,7 @@ impl App {
             live_clients: AtomicU32::new(0),
             shutting_down: AtomicBool::new(false),
             shutdown_tx,
+            exit: tokio::sync::Notify::new(),
         })
     }
 
@@ -54,6 +57,11 @@ impl App {
         if kick_idle {
             let _ = self.shutdown_tx.send(true);
         }
+    }
+
+    /// Immediate exit (SHUTDOWN).
+    pub fn request_exit(&self) {
+        self.exit.notify_one();
     }
 
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {

@@ -67,6 +67,10 @@ pub async fn serve(app: Arc<App>, listeners: Vec<Listener>) -> std::io::Result<(
                 tracing::info!("got SIGQUIT, fast exit");
                 break;
             }
+            _ = app.exit.notified() => {
+                tracing::info!("shutdown requested, exiting");
+                break;
+            }
             _ = tokio::time::sleep(Duration::from_millis(200)), if stopping => {
                 if app.live_clients.load(Ordering::Acquire) == 0 {
                     tracing::info!("all clients gone, exiting");

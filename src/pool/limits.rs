@@ -2,10 +2,11 @@
 //! (max_db_connections, max_user_connections) and clients per database and per user
 //! (max_db_client_connections, max_user_client_connections).
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Weak;
 
 use parking_lot::Mutex;
+use tokio::sync::Notify;
 
 use super::Pool;
 
@@ -40,9 +41,49 @@ impl Counter {
     }
 }
 
+/// PAUSE / RESUME: while closed, no server is handed out and released servers are closed.
+#[derive(Default)]
+pub struct Gate {
+    paused: AtomicBool,
+    notify: Notify,
+}
+
+impl Gate {
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
+    }
+
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::Release);
+    }
+
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    /// Returns once the gate is open.
+    pub async fn wait_open(&self) {
+        loop {
+            let n = self.notify.notified();
+            tokio::pin!(n);
+            // Registered before the check, so a resume in between is not missed.
+            n.as_mut().enable();
+            if !self.is_paused() {
+                return;
+            }
+            n.await;
+        }
+    }
+}
+
 /// What the pools of one database (or of one user) share.
 #[derive(Default)]
 pub struct Shared {
+    /// PAUSE db / KILL db.
+    pub gate: Gate,
+    /// DISABLE db: new clients are refused.
+    pub disabled: AtomicBool,
     /// Server connections open or being opened.
     pub servers: Counter,
     /// Client connections logged in.

@@ -9,6 +9,6 @@ pub mod limits;
 pub mod pool;
 pub mod registry;
 
-pub use limits::{Counter, Shared};
+pub use limits::{Counter, Gate, Shared};
 pub use pool::{Pool, PoolSettings};
 pub use registry::Registry;

@@ -84,6 +84,8 @@ pub struct Pool {
     credential: Mutex<Credential>,
     pub db: Arc<Shared>,
     pub user: Arc<Shared>,
+    /// Process-wide PAUSE gate.
+    global: Arc<super::Gate>,
     /// Clients logged in to this pool (min_pool_size applies only while there are some).
     pub clients: super::Counter,
     /// SHOW STATS counters.
@@ -109,6 +111,7 @@ impl Pool {
         credential: Credential,
         db: Arc<Shared>,
         user: Arc<Shared>,
+        global: Arc<super::Gate>,
     ) -> Arc<Pool> {
         let p = Arc::new_cyclic(|me| Pool {
             db_name,
@@ -118,6 +121,7 @@ impl Pool {
             credential: Mutex::new(credential),
             db,
             user,
+            global,
             clients: super::Counter::default(),
             stats: crate::stats::Counters::default(),
             averages: Mutex::new(Default::default()),
@@ -187,6 +191,11 @@ impl Pool {
         self.welcome.lock().clone()
     }
 
+    /// PAUSE (process-wide or of this database) is in force.
+    pub fn is_paused(&self) -> bool {
+        self.global.is_paused() || self.db.gate.is_paused()
+    }
+
     /// Every logged-in server of this pool.
     pub fn servers(&self) -> Vec<Arc<crate::stats::ServerInfo>> {
         self.servers.lock().clone()
@@ -230,6 +239,22 @@ impl Pool {
     /// query_wait_timeout) while a connect is started if the limits allow.
     pub async fn acquire(&self) -> Result<ServerConn, PgError> {
         let s = self.settings();
+        if self.is_paused() {
+            let open = async {
+                while self.is_paused() {
+                    self.global.wait_open().await;
+                    self.db.gate.wait_open().await;
+                }
+            };
+            if s.query_wait_timeout.is_zero() {
+                open.await;
+            } else if tokio::time::timeout(s.query_wait_timeout, open)
+                .await
+                .is_err()
+            {
+                return Err(PgError::fatal("query_wait_timeout"));
+            }
+        }
         let (id, mut rx) = {
             let mut st = self.state.lock();
             if let Some(conn) = pop_idle(&mut st, s.server_round_robin) {
@@ -312,6 +337,7 @@ impl Pool {
         let expired = conn.generation != self.generation.load(Ordering::Acquire)
             || (s.server_lifetime.is_zero()
                 || now.duration_since(conn.created) >= s.server_lifetime);
+        let expired = expired || self.is_paused();
         let mut st = self.state.lock();
         if !expired {
             let Some(conn) = hand_to_waiter(&mut st, conn) else {

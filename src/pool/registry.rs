@@ -14,6 +14,8 @@ use crate::server::{Credential, Target};
 
 #[derive(Default)]
 pub struct Registry {
+    /// Process-wide PAUSE gate (PAUSE / SUSPEND without a database).
+    pub global: Arc<super::Gate>,
     pools: DashMap<(String, String), Arc<Pool>>,
     dbs: DashMap<String, Arc<Shared>>,
     users: DashMap<String, Arc<Shared>>,
@@ -60,6 +62,7 @@ impl Registry {
                     credential_for(db, users, user),
                     self.db_shared(&db.name),
                     self.user_shared(user),
+                    self.global.clone(),
                 )
             })
             .clone()
@@ -69,6 +72,20 @@ impl Registry {
         self.pools
             .get(&(db.to_string(), user.to_string()))
             .map(|p| p.clone())
+    }
+
+    /// Pools of database `db` (client-side name), or all pools.
+    pub fn pools_of(&self, db: Option<&str>) -> Vec<Arc<Pool>> {
+        self.pools
+            .iter()
+            .filter(|e| db.is_none_or(|d| e.key().0 == d))
+            .map(|e| e.value().clone())
+            .collect()
+    }
+
+    /// The shared state of database `name`, if any pool or client has used it.
+    pub fn db_shared_if_exists(&self, name: &str) -> Option<Arc<Shared>> {
+        self.dbs.get(name).map(|s| s.clone())
     }
 
     pub fn all(&self) -> Vec<Arc<Pool>> {

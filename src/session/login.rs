@@ -249,6 +249,17 @@ pub async fn login(
         return Err(PgError::fatal(format!("no such database: {}", w.database)));
     };
 
+    if app
+        .registry
+        .db_shared_if_exists(&db.name)
+        .is_some_and(|d| d.disabled.load(std::sync::atomic::Ordering::Acquire))
+    {
+        return Err(PgError::fatal(format!(
+            "database \"{}\" is disabled",
+            db.name
+        )));
+    }
+
     // Client limits, checked before any authentication work.
     let g = &cfg.general;
     if !app.clients.try_acquire(g.max_client_conn) {

@@ -1,0 +1,1 @@
+//! Control commands (being written).

@@ -1,0 +1,1 @@
+//! Console login and command loop (being written).
