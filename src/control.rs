@@ -1,7 +1,7 @@
 //! Process-wide state: the live configuration and auth file (swapped whole on reload), the
 //! pool registry, the cancel-key registry, client counts, and the shutdown state.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -10,6 +10,17 @@ use tokio::sync::watch;
 use crate::config::{Config, UserList};
 use crate::pool::{Counter, Registry};
 use crate::session::cancel::CancelRegistry;
+
+/// SHUTDOWN in progress; ordered so a stronger mode wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum ShutdownMode {
+    None = 0,
+    /// SHUTDOWN WAIT_FOR_CLIENTS / SIGTERM: exit when the last client has left.
+    WaitForClients = 1,
+    /// SHUTDOWN WAIT_FOR_SERVERS / SIGINT: exit when every server is released and closed.
+    WaitForServers = 2,
+}
 
 pub struct App {
     pub config: ArcSwap<Config>,
@@ -23,6 +34,11 @@ pub struct App {
     /// Client tasks alive, for shutdown.
     pub live_clients: AtomicU32,
     pub shutting_down: AtomicBool,
+    /// Which SHUTDOWN is in progress (a [`ShutdownMode`] as u8).
+    shutdown_mode: AtomicU8,
+    /// Wakes the serving loop when a shutdown begins, whether from a signal or from the
+    /// console, so both stop accepting and exit on the same condition.
+    pub shutdown_begun: tokio::sync::Notify,
     shutdown_tx: watch::Sender<bool>,
     /// Asks the serving loop to exit now (SHUTDOWN, SIGQUIT).
     pub exit: tokio::sync::Notify,
@@ -40,6 +56,8 @@ impl App {
             clients: Counter::default(),
             live_clients: AtomicU32::new(0),
             shutting_down: AtomicBool::new(false),
+            shutdown_mode: AtomicU8::new(ShutdownMode::None as u8),
+            shutdown_begun: tokio::sync::Notify::new(),
             shutdown_tx,
             exit: tokio::sync::Notify::new(),
         })
@@ -50,12 +68,33 @@ impl App {
     }
 
     /// Stop accepting new clients. `kick_idle`: also disconnect clients that hold no server
-    /// (SHUTDOWN WAIT_FOR_SERVERS); otherwise existing clients finish on their own
-    /// (SHUTDOWN WAIT_FOR_CLIENTS).
+    /// and pause, so released servers close (SHUTDOWN WAIT_FOR_SERVERS, SIGINT); otherwise
+    /// existing clients finish on their own (SHUTDOWN WAIT_FOR_CLIENTS, SIGTERM).
+    /// A WAIT_FOR_CLIENTS shutdown can be escalated to WAIT_FOR_SERVERS, never back.
     pub fn begin_shutdown(&self, kick_idle: bool) {
         self.shutting_down.store(true, Ordering::Release);
+        let mode = if kick_idle {
+            ShutdownMode::WaitForServers
+        } else {
+            ShutdownMode::WaitForClients
+        };
+        self.shutdown_mode.fetch_max(mode as u8, Ordering::AcqRel);
         if kick_idle {
+            // PgBouncer sets PAUSE here: no server is handed out any more.
+            self.registry.global.pause();
+            for p in self.registry.all() {
+                p.close_idle();
+            }
             let _ = self.shutdown_tx.send(true);
+        }
+        self.shutdown_begun.notify_one();
+    }
+
+    pub fn shutdown_mode(&self) -> ShutdownMode {
+        match self.shutdown_mode.load(Ordering::Acquire) {
+            1 => ShutdownMode::WaitForClients,
+            2 => ShutdownMode::WaitForServers,
+            _ => ShutdownMode::None,
         }
     }
 
@@ -84,7 +123,8 @@ impl App {
                 "no config file to reload".into(),
             ));
         };
-        let new = Config::load(&path)?;
+        let mut new = Config::load(&path)?;
+        keep_no_reload(&old.general, &mut new.general);
         let users = App::load_userlist(&new)?;
         for w in &new.warnings {
             tracing::warn!("{w}");
@@ -95,5 +135,45 @@ impl App {
         let ul = self.userlist.load_full();
         self.registry.reconfigure_all(&cfg, &ul);
         Ok(())
+    }
+}
+
+/// PgBouncer ignores `[pgbouncer]` keys marked CF_NO_RELOAD once it runs ("silently
+/// ignored" on RELOAD): the new configuration keeps the values in effect, so SHOW CONFIG
+/// keeps telling the truth about listeners, pidfile, worker threads and so on.
+fn keep_no_reload(old: &crate::config::General, new: &mut crate::config::General) {
+    use crate::config::{general, keys};
+    for k in keys::KEYS.iter().filter(|k| !k.reloadable) {
+        let value = general::show_value(old, k.name);
+        // An unset NULL-default key (`user`, `service_name`) is unset in the new one too.
+        let text = value.as_deref().unwrap_or("");
+        if let Err(e) = general::apply_general(new, k.name, text) {
+            tracing::warn!("RELOAD: cannot keep {}: {e}", k.name);
+        }
+        if value.is_none() {
+            new.not_implemented.remove(k.name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reload_keeps_no_reload_keys() {
+        use crate::config::general::apply_general;
+        let mut old = crate::config::General::default();
+        apply_general(&mut old, "listen_port", "7000").unwrap();
+        apply_general(&mut old, "default_pool_size", "5").unwrap();
+        let mut new = crate::config::General::default();
+        apply_general(&mut new, "listen_port", "7001").unwrap();
+        apply_general(&mut new, "default_pool_size", "9").unwrap();
+        apply_general(&mut new, "user", "nobody").unwrap();
+        keep_no_reload(&old, &mut new);
+        assert_eq!(new.listen_port, 7000);
+        assert_eq!(new.default_pool_size, 9);
+        assert_eq!(new.user, "");
+        assert_eq!(new.not_implemented.get("user"), None);
     }
 }

@@ -128,6 +128,7 @@ fn set_field(g: &mut General, kind: Kind, key: &str, v: &str) -> Result<(), Stri
         "tcp_keepintvl" => g.tcp_keepintvl = parse_u32(v)?,
         "tcp_user_timeout" => g.tcp_user_timeout = parse_u32(v)?,
         "worker_threads" => g.worker_threads = parse_u32(v)?,
+        "prometheus_listen" => g.prometheus_listen = parse_listen(v)?,
         // A key with no field: checked like PgBouncer would, then kept as written.
         _ => {
             check(kind, v)?;
@@ -135,6 +136,18 @@ fn set_field(g: &mut General, kind: Kind, key: &str, v: &str) -> Result<(), Stri
         }
     }
     Ok(())
+}
+
+/// `prometheus_listen`: empty (off) or an `ip:port` socket address (`[::1]:9127` for IPv6),
+/// checked now so a typo stops startup instead of leaving the endpoint silently off.
+fn parse_listen(v: &str) -> Result<String, String> {
+    let v = v.trim();
+    if v.is_empty() {
+        return Ok(String::new());
+    }
+    v.parse::<std::net::SocketAddr>()
+        .map(|_| v.to_string())
+        .map_err(|_| "expected ip:port, e.g. 127.0.0.1:9127".to_string())
 }
 
 fn secs(n: u32) -> std::time::Duration {
@@ -230,6 +243,7 @@ pub fn show_value(g: &General, key: &str) -> Option<String> {
         "tcp_keepintvl" => n(g.tcp_keepintvl),
         "tcp_user_timeout" => n(g.tcp_user_timeout),
         "worker_threads" => n(g.worker_threads),
+        "prometheus_listen" => s(&g.prometheus_listen),
         _ => g
             .not_implemented
             .get(key)
@@ -281,6 +295,20 @@ mod tests {
         assert_eq!(show_value(&g, "auth_user"), None);
         assert_eq!(show_value(&g, "client_tls_sslmode").unwrap(), "disable");
         assert_eq!(show_value(&g, "nope"), None);
+    }
+
+    #[test]
+    fn prometheus_listen_is_a_socket_address() {
+        let mut g = General::default();
+        assert_eq!(show_value(&g, "prometheus_listen").unwrap(), "");
+        apply_general(&mut g, "prometheus_listen", "127.0.0.1:9127").unwrap();
+        assert_eq!(g.prometheus_listen, "127.0.0.1:9127");
+        apply_general(&mut g, "prometheus_listen", "[::1]:9127").unwrap();
+        apply_general(&mut g, "prometheus_listen", "").unwrap();
+        assert_eq!(g.prometheus_listen, "");
+        let e = apply_general(&mut g, "prometheus_listen", "localhost").unwrap_err();
+        assert!(e.starts_with("invalid value for prometheus_listen"), "{e}");
+        assert!(keys::lookup("prometheus_listen").is_some_and(|k| !k.reloadable));
     }
 
     #[test]

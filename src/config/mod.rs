@@ -215,6 +215,8 @@ pub struct General {
     // pgsluice's own keys
     /// Tokio worker threads; 0 = number of cores.
     pub worker_threads: u32,
+    /// `ip:port` of the Prometheus `/metrics` endpoint; empty = off. Checked when parsed.
+    pub prometheus_listen: String,
     /// Keys PgBouncer knows but pgsluice has no field for yet (TLS, dns_zone_check_period,
     /// …), as written, by key. Kept so SHOW CONFIG can show them and a later field can be
     /// filled from here; see [`keys::KEYS`].
@@ -302,6 +304,7 @@ impl Default for General {
             tcp_keepintvl: 0,
             tcp_user_timeout: 0,
             worker_threads: 0,
+            prometheus_listen: String::new(),
             not_implemented: BTreeMap::new(),
         }
     }

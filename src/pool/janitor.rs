@@ -13,8 +13,28 @@ pub async fn run(app: Arc<App>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        ensure_forced_user_pools(&app);
         for p in app.registry.all() {
             p.maintain(p.clients.get() > 0);
+        }
+    }
+}
+
+/// A database entry with a forced user and a min_pool_size gets its pool without waiting
+/// for a client (at startup, or once a RELOAD adds it), so min_pool_size is kept from the
+/// start, as in PgBouncer.
+fn ensure_forced_user_pools(app: &App) {
+    let cfg = app.config.load();
+    let users = app.userlist.load();
+    for db in cfg.databases.values() {
+        let Some(user) = db.user.as_deref() else {
+            continue;
+        };
+        if db.name == "*" || db.min_pool_size.unwrap_or(cfg.general.min_pool_size) == 0 {
+            continue;
+        }
+        if app.registry.get(&db.name, user).is_none() {
+            app.registry.get_or_create(&cfg, &users, db, user);
         }
     }
 }

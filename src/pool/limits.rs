@@ -2,7 +2,7 @@
 //! (max_db_connections, max_user_connections) and clients per database and per user
 //! (max_db_client_connections, max_user_client_connections).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Weak;
 
 use parking_lot::Mutex;
@@ -45,6 +45,9 @@ impl Counter {
 #[derive(Default)]
 pub struct Gate {
     paused: AtomicBool,
+    /// Bumped by every resume, so a PAUSE that is still waiting for servers can tell it
+    /// was overtaken by a RESUME (PgBouncer #715: there the PAUSE hangs).
+    resumes: AtomicU64,
     notify: Notify,
 }
 
@@ -57,9 +60,36 @@ impl Gate {
         self.paused.store(true, Ordering::Release);
     }
 
+    /// Closes the gate; `false` if it was already closed.
+    pub fn try_pause(&self) -> bool {
+        self.paused
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
     pub fn resume(&self) {
+        self.resumes.fetch_add(1, Ordering::AcqRel);
         self.paused.store(false, Ordering::Release);
         self.notify.notify_waiters();
+    }
+
+    /// Opens the gate; `false` if it was not closed.
+    pub fn try_resume(&self) -> bool {
+        if self
+            .paused
+            .compare_exchange(true, false, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
+        }
+        self.resumes.fetch_add(1, Ordering::AcqRel);
+        self.notify.notify_waiters();
+        true
+    }
+
+    /// How many times the gate was resumed; compare two readings to detect a RESUME.
+    pub fn resumes(&self) -> u64 {
+        self.resumes.load(Ordering::Acquire)
     }
 
     /// Returns once the gate is open.

@@ -103,6 +103,7 @@ pub struct Pool {
 }
 
 impl Pool {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         db_name: String,
         user_name: String,
@@ -163,6 +164,10 @@ impl Pool {
         }
         if changed {
             self.generation.fetch_add(1, Ordering::AcqRel);
+            // Leased servers close when released; WAIT_CLOSE waits for these marks.
+            for s in self.servers.lock().iter() {
+                s.close_needed.store(true, Ordering::Relaxed);
+            }
             let mut st = self.state.lock();
             let idle: Vec<_> = st.idle.drain(..).collect();
             for s in idle {
@@ -225,6 +230,16 @@ impl Pool {
         self.grow();
     }
 
+    /// Servers still marked to close on release (RECONNECT, changed connection
+    /// settings), for WAIT_CLOSE.
+    pub fn close_needed_count(&self) -> usize {
+        self.servers
+            .lock()
+            .iter()
+            .filter(|s| s.close_needed.load(Ordering::Relaxed))
+            .count()
+    }
+
     pub fn counts(&self) -> PoolCounts {
         let st = self.state.lock();
         PoolCounts {
@@ -255,7 +270,7 @@ impl Pool {
                 return Err(PgError::fatal("query_wait_timeout"));
             }
         }
-        let (id, mut rx) = {
+        let (id, rx) = {
             let mut st = self.state.lock();
             if let Some(conn) = pop_idle(&mut st, s.server_round_robin) {
                 return Ok(conn);
@@ -279,6 +294,12 @@ impl Pool {
             });
             (id, rx)
         };
+        let mut slot = QueueSlot {
+            pool: self,
+            id,
+            rx,
+            answered: false,
+        };
         self.grow();
 
         let start = Instant::now();
@@ -288,9 +309,10 @@ impl Pool {
                 Some(w) => s.reserve_pool_timeout.min(w),
                 None => s.reserve_pool_timeout,
             };
-            match tokio::time::timeout(first, &mut rx).await {
+            match tokio::time::timeout(first, &mut slot.rx).await {
                 Ok(r) => {
-                    return r.unwrap_or_else(|_| Err(PgError::fatal("pooler is shutting down")))
+                    slot.answered = true;
+                    return r.unwrap_or_else(|_| Err(PgError::fatal("pooler is shutting down")));
                 }
                 Err(_) => {
                     let mut st = self.state.lock();
@@ -303,11 +325,14 @@ impl Pool {
             }
         }
         let res = match wait_limit {
-            Some(w) => tokio::time::timeout(w.saturating_sub(start.elapsed()), &mut rx).await,
-            None => Ok((&mut rx).await),
+            Some(w) => tokio::time::timeout(w.saturating_sub(start.elapsed()), &mut slot.rx).await,
+            None => Ok((&mut slot.rx).await),
         };
         match res {
-            Ok(r) => r.unwrap_or_else(|_| Err(PgError::fatal("pooler is shutting down"))),
+            Ok(r) => {
+                slot.answered = true;
+                r.unwrap_or_else(|_| Err(PgError::fatal("pooler is shutting down")))
+            }
             Err(_) => {
                 let removed = {
                     let mut st = self.state.lock();
@@ -319,8 +344,9 @@ impl Pool {
                     Err(PgError::fatal("query_wait_timeout"))
                 } else {
                     // Handed a server (or an error) in the same instant: take it.
-                    rx.await
-                        .unwrap_or_else(|_| Err(PgError::fatal("query_wait_timeout")))
+                    let r = (&mut slot.rx).await;
+                    slot.answered = true;
+                    r.unwrap_or_else(|_| Err(PgError::fatal("query_wait_timeout")))
                 }
             }
         }
@@ -404,8 +430,13 @@ impl Pool {
 
     /// `min_total`: keep at least this many servers (min_pool_size), even with no waiters.
     pub fn grow_to(&self, min_total: u32) {
+        if self.is_paused() {
+            // Nothing is handed out while paused; RESUME calls `grow` again.
+            return;
+        }
         let s = self.settings();
-        let mut blocked = false;
+        // The shared limit (database or user) that stopped growth, if any.
+        let mut blocked: Option<&Arc<Shared>> = None;
         let mut starts = 0u32;
         {
             let mut st = self.state.lock();
@@ -433,12 +464,12 @@ impl Pool {
                     break;
                 }
                 if !self.db.servers.try_acquire(s.max_db_connections) {
-                    blocked = true;
+                    blocked = Some(&self.db);
                     break;
                 }
                 if !self.user.servers.try_acquire(s.max_user_connections) {
                     self.db.servers.release();
-                    blocked = true;
+                    blocked = Some(&self.user);
                     break;
                 }
                 if st.total >= s.pool_size && s.pool_size > 0 {
@@ -456,44 +487,48 @@ impl Pool {
         for _ in 0..starts {
             self.spawn_connect();
         }
-        if blocked {
+        if let Some(limit) = blocked {
             if let Some(me) = self.me.upgrade() {
                 self.db.add_blocked(Arc::downgrade(&me));
                 self.user.add_blocked(Arc::downgrade(&me));
             }
-            self.evict_sibling_idle();
+            // The evicted server's slot is free now: take it. (If a woken sibling took it
+            // first, this evicts the next idle server; bounded by the idle servers.)
+            if self.evict_sibling_idle(limit) {
+                self.grow_to(min_total);
+            }
         }
     }
 
-    /// Closes one idle server of another pool of the same database or user, so a pool
-    /// blocked on max_db_connections / max_user_connections can open one.
-    fn evict_sibling_idle(&self) {
-        for shared in [&self.db, &self.user] {
-            let pools: Vec<Arc<Pool>> = shared
-                .pools
-                .lock()
-                .iter()
-                .filter_map(|w| w.upgrade())
-                .collect();
-            for p in pools {
-                if std::ptr::eq(Arc::as_ptr(&p), self) {
-                    continue;
+    /// Closes one idle server of another pool under the same `limit` (this pool's
+    /// database or user), so a pool blocked on max_db_connections / max_user_connections
+    /// can open one. True if a server was closed.
+    fn evict_sibling_idle(&self, limit: &Shared) -> bool {
+        let pools: Vec<Arc<Pool>> = limit
+            .pools
+            .lock()
+            .iter()
+            .filter_map(|w| w.upgrade())
+            .collect();
+        for p in pools {
+            if std::ptr::eq(Arc::as_ptr(&p), self) {
+                continue;
+            }
+            let victim = {
+                let mut st = p.state.lock();
+                let v = st.idle.pop_front();
+                if let Some(c) = &v {
+                    p.forget_server(&mut st, c.id);
                 }
-                let victim = {
-                    let mut st = p.state.lock();
-                    let v = st.idle.pop_front();
-                    if let Some(c) = &v {
-                        p.forget_server(&mut st, c.id);
-                    }
-                    v
-                };
-                if let Some(v) = victim {
-                    close_server(v, true);
-                    self.wake_blocked();
-                    return;
-                }
+                v
+            };
+            if let Some(v) = victim {
+                close_server(v, true);
+                self.wake_blocked();
+                return true;
             }
         }
+        false
     }
 
     fn spawn_connect(&self) {
@@ -509,6 +544,7 @@ impl Pool {
     }
 
     fn connect_done(&self, res: Result<ServerConn, LoginError>) {
+        crate::stats::prometheus::server_connect(self, &res);
         let mut st = self.state.lock();
         st.connecting = st.connecting.saturating_sub(1);
         match res {
@@ -526,6 +562,20 @@ impl Pool {
                     self.user_name,
                     conn.addr
                 );
+                if self.is_paused() {
+                    // PAUSE / KILL: no server is handed out, and one kept idle would only
+                    // hold PAUSE up. RESUME grows the pool again for the waiters.
+                    self.forget_server(&mut st, conn.id);
+                    drop(st);
+                    close_server(conn, true);
+                    self.wake_blocked();
+                    return;
+                }
+                if conn.generation != self.generation() {
+                    // Started before a RECONNECT / RELOAD: closes on release.
+                    conn.info.close_needed.store(true, Ordering::Relaxed);
+                }
+                self.servers.lock().push(conn.info.clone());
                 if let Some(conn) = hand_to_waiter(&mut st, conn) {
                     st.idle.push_back(conn);
                 }
@@ -625,6 +675,30 @@ impl Pool {
         };
         for c in idle {
             close_server(c, true);
+        }
+    }
+}
+
+/// A client's place in the wait queue. When the waiting future is dropped before it got
+/// its answer (KILL / KILL_CLIENT / shutdown end a waiting session), the place is given
+/// up and a server handed over in the meantime goes back to the pool; otherwise that
+/// server would be lost with the pool still counting it, and PAUSE would never finish.
+struct QueueSlot<'a> {
+    pool: &'a Pool,
+    id: u64,
+    rx: oneshot::Receiver<WaitResult>,
+    answered: bool,
+}
+
+impl Drop for QueueSlot<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        self.pool.state.lock().waiters.retain(|w| w.id != self.id);
+        self.rx.close();
+        if let Ok(Ok(conn)) = self.rx.try_recv() {
+            self.pool.release(conn);
         }
     }
 }

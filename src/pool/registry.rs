@@ -88,6 +88,15 @@ impl Registry {
         self.dbs.get(name).map(|s| s.clone())
     }
 
+    /// Every database that has shared state (used by a client, or named by a console
+    /// command), with that state: for SUSPEND's paused-database check and KILL.
+    pub fn databases(&self) -> Vec<(String, Arc<Shared>)> {
+        self.dbs
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect()
+    }
+
     pub fn all(&self) -> Vec<Arc<Pool>> {
         self.pools.iter().map(|e| e.value().clone()).collect()
     }

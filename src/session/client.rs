@@ -55,6 +55,19 @@ pub async fn serve(app: Arc<App>, mut stream: Stream, peer: PeerAddr) {
                 );
             }
         }
+        Ok(Outcome::Admin(a)) => {
+            let end = crate::admin::console::run(&app, &mut stream, *a).await;
+            if let Some(e) = &end.error {
+                send_error(&app, &mut stream, &who, e).await;
+            }
+            if app.config.load().general.log_disconnections {
+                tracing::info!(
+                    "{who} closing because: {} (age={}s)",
+                    end.text,
+                    started.elapsed().as_secs()
+                );
+            }
+        }
         Ok(Outcome::Done) => {}
         Err(e) => send_error(&app, &mut stream, &who, &e).await,
     }
@@ -66,6 +79,7 @@ async fn send_error(app: &App, stream: &mut Stream, who: &str, e: &PgError) {
     if app.config.load().general.log_pooler_errors {
         tracing::warn!("{who} pooler error: {}", e.message);
     }
+    crate::stats::prometheus::client_error(e);
     let mut out = BytesMut::new();
     e.write(&mut out);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), stream.write_all(&out)).await;
@@ -130,6 +144,12 @@ async fn run(app: &App, stream: &mut Stream, mut s: Session) -> End {
         }
 
         let settings = s.pool.settings();
+        // A bad header is refused before a server is looked for, as PgBouncer does: the
+        // client must not queue for a server only to be told off, and no server is
+        // closed because of it.
+        if let Err(e) = crate::proto::frame::peek_header(&cbuf, settings.max_packet_size) {
+            return End::fatal(PgError::fatal(e.to_string()));
+        }
         let wait_from = Instant::now();
         info.request_time_us
             .store(crate::stats::now_us(), Ordering::Relaxed);
@@ -189,6 +209,7 @@ async fn run(app: &App, stream: &mut Stream, mut s: Session) -> End {
             _ = info.kill_notify.notified() => RelayEnd::Killed,
         };
         s.pool.stats.add(&tx);
+        crate::stats::prometheus::lease_done(&s.pool, &tx);
         info.set_state(ClientState::Idle);
         info.link.store(0, Ordering::Relaxed);
         let cancels_done = s.cancel.slot.disarm().await;

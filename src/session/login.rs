@@ -47,6 +47,17 @@ pub struct ClientRecord {
     pub info: Arc<crate::stats::ClientInfo>,
 }
 
+impl ClientRecord {
+    /// Lists `info` in `app.client_records` until the returned guard is dropped.
+    pub(crate) fn new(app: &Arc<App>, info: Arc<crate::stats::ClientInfo>) -> ClientRecord {
+        app.client_records.insert(info.id, info.clone());
+        ClientRecord {
+            app: app.clone(),
+            info,
+        }
+    }
+}
+
 impl Drop for ClientRecord {
     fn drop(&mut self) {
         self.app.client_records.remove(&self.info.id);
@@ -68,6 +79,8 @@ pub struct Session {
 
 pub enum Outcome {
     Session(Box<Session>),
+    /// A console session (database `pgbouncer`), served by `admin::console::run`.
+    Admin(Box<crate::admin::console::AdminSession>),
     /// A CancelRequest was served, or the client left during login.
     Done,
 }
@@ -225,9 +238,6 @@ pub async fn login(
         Some(StartupPacket::Startup { minor, params, .. }) => (minor, params),
         Some(_) => return Err(PgError::fatal("bad startup packet")),
     };
-    if app.is_shutting_down() {
-        return Err(PgError::fatal("pooler is shutting down"));
-    }
     let cfg = app.config.load_full();
     let w = check_params(&cfg, raw, peer)?;
     if minor > 0 || !w.unrecognised_pq.is_empty() {
@@ -243,7 +253,14 @@ pub async fn login(
         );
     }
     if w.database == "pgbouncer" {
-        return Err(PgError::fatal("not allowed"));
+        // The admin console: its own access rules, no client caps, open during shutdown.
+        let s =
+            crate::admin::console::login(app, stream, &mut out, peer, id, &w.user, &w.params, who)
+                .await?;
+        return Ok(Outcome::Admin(Box::new(s)));
+    }
+    if app.is_shutting_down() {
+        return Err(PgError::fatal("pooler is shutting down"));
     }
     let Some(db) = cfg.database(&w.database) else {
         return Err(PgError::fatal(format!("no such database: {}", w.database)));
@@ -431,7 +448,7 @@ async fn read_auth(stream: &mut Stream, rbuf: &mut BytesMut) -> Result<BytesMut,
 
 /// Runs the configured authentication method. Returns SCRAM keys when the client proved a
 /// stored SCRAM secret (usable for pass-through to the server).
-async fn authenticate(
+pub(crate) async fn authenticate(
     stream: &mut Stream,
     out: &mut BytesMut,
     auth_type: AuthType,
@@ -442,9 +459,16 @@ async fn authenticate(
 ) -> Result<Option<scram::ScramKeys>, PgError> {
     let mut rbuf = BytesMut::new();
     match auth_type {
-        AuthType::Any => Ok(None),
+        // `any` ignores the client's user name, so it needs a forced user to log in as
+        // (PgBouncer: "auth_type=any requires forced user").
+        AuthType::Any if forced_user => Ok(None),
+        AuthType::Any => {
+            tracing::error!("auth_type=any requires forced user");
+            Err(PgError::fatal("bouncer config error"))
+        }
+        // The client's own user must be in auth_file, forced user or not (as PgBouncer).
         AuthType::Trust => {
-            if secret.is_some() || forced_user {
+            if secret.is_some() {
                 Ok(None)
             } else {
                 Err(PgError::fatal("\"trust\" authentication failed"))

@@ -5,6 +5,9 @@
 
 pub mod counters;
 pub mod info;
+pub mod metrics_http;
+pub mod period;
+pub mod prometheus;
 
 pub use counters::{Counters, Snapshot, TxStats};
 pub use info::{ClientInfo, ClientState, ServerInfo, ServerState};
