@@ -66,11 +66,34 @@ where
     }
 }
 
+/// The open log file, shared by every writer so RELOAD can swap it (log rotation: the
+/// file is reopened by path, as PgBouncer does on SIGHUP).
+static LOGFILE: std::sync::OnceLock<Arc<Mutex<Option<File>>>> = std::sync::OnceLock::new();
+
+fn open_log(path: &str) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// Reopens `logfile` (RELOAD, SIGHUP). An empty path stops file logging; an error keeps
+/// the old file.
+pub fn reopen(path: &str) -> io::Result<()> {
+    let Some(slot) = LOGFILE.get() else {
+        return Ok(());
+    };
+    let new = if path.is_empty() {
+        None
+    } else {
+        Some(open_log(path)?)
+    };
+    *slot.lock() = new;
+    Ok(())
+}
+
 /// Writes each line to stderr and/or the log file.
 #[derive(Clone)]
 struct Sink {
     stderr: bool,
-    file: Option<Arc<Mutex<File>>>,
+    file: Arc<Mutex<Option<File>>>,
 }
 
 struct SinkWriter(Sink);
@@ -80,8 +103,8 @@ impl Write for SinkWriter {
         if self.0.stderr {
             let _ = io::stderr().write_all(buf);
         }
-        if let Some(f) = &self.0.file {
-            let _ = f.lock().write_all(buf);
+        if let Some(f) = self.0.file.lock().as_mut() {
+            let _ = f.write_all(buf);
         }
         Ok(buf.len())
     }
@@ -99,13 +122,13 @@ impl<'a> MakeWriter<'a> for Sink {
 
 /// Installs the global logger. `verbose` counts `-v` plus the `verbose` setting.
 pub fn init(verbose: u32, quiet: bool, logfile: &str) -> io::Result<()> {
-    let file = if logfile.is_empty() {
+    let opened = if logfile.is_empty() {
         None
     } else {
-        Some(Arc::new(Mutex::new(
-            OpenOptions::new().create(true).append(true).open(logfile)?,
-        )))
+        Some(open_log(logfile)?)
     };
+    let file = LOGFILE.get_or_init(|| Arc::new(Mutex::new(None))).clone();
+    *file.lock() = opened;
     let level = match verbose {
         0 => Level::INFO,
         1 => Level::DEBUG,

@@ -3,7 +3,6 @@
 //! wait-for-servers, SIGQUIT immediate, a second SIGTERM/SIGINT immediate, SIGUSR1 PAUSE,
 //! SIGUSR2 RESUME). Signals run the console commands' code (`admin::commands`).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,10 +30,17 @@ pub fn bind(app: &App) -> std::io::Result<Vec<Listener>> {
 
 /// Serves until shutdown completes.
 pub async fn serve(app: Arc<App>, listeners: Vec<Listener>) -> std::io::Result<()> {
+    // TCP listeners close when shutdown begins; Unix sockets keep accepting so the console
+    // stays reachable during shutdown (PgBouncer 1.25: ordinary logins there are refused
+    // with "pooler is shutting down").
     let mut accept_tasks = Vec::new();
     for l in listeners {
         let app = app.clone();
-        accept_tasks.push(tokio::spawn(async move { accept_loop(app, l).await }));
+        let unix = matches!(l, Listener::Unix(..));
+        let task = tokio::spawn(async move { accept_loop(app, l).await });
+        if !unix {
+            accept_tasks.push(task);
+        }
     }
     tokio::spawn(crate::pool::janitor::run(app.clone()));
     crate::stats::metrics_http::start(&app);
@@ -130,7 +136,9 @@ fn shutdown_done(app: &App) -> bool {
             return true;
         }
     }
-    if app.live_clients.load(Ordering::Acquire) == 0 {
+    // Console sessions do not hold the process: an operator's psql that issued SHUTDOWN
+    // WAIT_FOR_CLIENTS must not keep it alive.
+    if app.clients.get() == 0 {
         tracing::info!("client connections dropped, exiting");
         return true;
     }

@@ -962,3 +962,110 @@ async fn log_stats_writes_the_pgbouncer_line() {
         .await
         .expect("SHOW STATS_AVERAGES shows the period's averages");
 }
+
+// ------------------------------------------------- console cancel, shutdown access, logs
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_request_on_the_console_turns_a_pending_pause_into_resume() {
+    let (db, user) = setup("cancelpause").await;
+    let p = start(&db, &user, 2, "");
+    let a = Arc::new(client(&p, &db, &user).await);
+    a.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let admin = console(&p).await;
+    let token = admin.cancel_token();
+
+    let pause = spawn_query(admin.clone(), "PAUSE");
+    tokio::time::sleep(STILL).await;
+    assert!(!pause.is_finished(), "PAUSE waits for the open transaction");
+
+    // Ctrl-C in psql: a CancelRequest with the console session's key.
+    token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("send cancel");
+    let res = finish(&p, pause, "cancelled PAUSE").await;
+    let e = res.expect_err("a cancelled PAUSE does not report success");
+    assert!(db_error_text(&e).1.contains("cancelled by RESUME"), "{e:?}");
+
+    // Not paused any more: a new client's query runs at once.
+    let b = client(&p, &db, &user).await;
+    tokio::time::timeout(LIMIT, b.simple_query("SELECT 2"))
+        .await
+        .expect("not paused")
+        .expect("query");
+    a.batch_execute("COMMIT").await.unwrap();
+    expect_err(&p, &admin, "RESUME", "pooler is not paused/suspended").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_stays_reachable_on_the_unix_socket_during_shutdown() {
+    let (db, user) = setup("shutconsole").await;
+    let p = start(&db, &user, 2, "");
+    let a = client(&p, &db, &user).await;
+    a.batch_execute("BEGIN; SELECT 1").await.unwrap();
+
+    p.signal(libc::SIGTERM);
+    assert!(p.wait_for_log("got SIGTERM", LIMIT));
+    // TCP stops accepting.
+    let deadline = std::time::Instant::now() + LIMIT;
+    while std::net::TcpStream::connect(("127.0.0.1", p.port)).is_ok() {
+        assert!(std::time::Instant::now() < deadline, "TCP still accepting");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The console over the Unix socket still works; ordinary logins there are refused.
+    let admin = common::connect_unix(p.dir.path(), p.port, "pgbouncer", "admin", None)
+        .await
+        .unwrap_or_else(|e| panic!("console over the Unix socket: {e:?}\n{}", p.log()));
+    let rows = ok(&p, &admin, "SHOW STATE").await;
+    assert!(!rows.is_empty());
+    let e = common::connect_unix(p.dir.path(), p.port, &db, &user, None)
+        .await
+        .expect_err("ordinary login during shutdown");
+    assert_eq!(db_error_text(&e).1, "pooler is shutting down");
+
+    // The running client finishes; the open console does not hold the process.
+    a.batch_execute("SELECT 2; COMMIT").await.unwrap();
+    drop(a);
+    assert!(
+        p.wait_exit(LIMIT).is_some(),
+        "process exits once the last client leaves, console still connected\n{}",
+        p.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_reopens_the_logfile() {
+    let (db, user) = setup("logrotate").await;
+    let p = start(&db, &user, 2, "logfile = {dir}/rotate.log\n");
+    let log = p.path("rotate.log");
+    assert!(p.wait_for_log("process up", LIMIT));
+    let deadline = std::time::Instant::now() + LIMIT;
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("process up")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing in the logfile"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // logrotate: move the file away, then SIGHUP.
+    std::fs::rename(&log, p.path("rotate.log.1")).unwrap();
+    p.signal(libc::SIGHUP);
+    assert!(p.wait_for_log("got SIGHUP", LIMIT));
+    let c = client(&p, &db, &user).await;
+    c.simple_query("SELECT 1").await.unwrap();
+    let deadline = std::time::Instant::now() + LIMIT;
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("login attempt") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new log lines do not reach the reopened file: {text:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

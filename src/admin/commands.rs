@@ -159,7 +159,12 @@ pub fn reload(app: &App) -> Result<(), PgError> {
     app.reload().map_err(|e| {
         tracing::error!("RELOAD failed: {e}");
         PgError::error("F0000", "RELOAD failed, see logs for additional details")
-    })
+    })?;
+    // Log rotation: the file is reopened by name on every reload.
+    if let Err(e) = crate::logging::reopen(&app.config.load().general.logfile) {
+        tracing::error!("cannot reopen logfile: {e}");
+    }
+    Ok(())
 }
 
 /// SIGUSR1: PAUSE everything without anyone waiting for the answer; idle servers are

@@ -181,6 +181,7 @@ pub(crate) async fn login(
         backend::parameter_status(out, k, v);
     }
     let cancel = app.cancels.register();
+    cancel.slot.set_console();
     backend::backend_key_data(out, cancel.pid, cancel.secret);
     backend::ready_for_query(out, b'I');
     stream
@@ -348,12 +349,38 @@ fn whole_message_buffered(buf: &[u8]) -> bool {
     matches!(peek_header(buf, MAX_MSG), Ok(Some(h)) if buf.len() >= h.frame_len())
 }
 
+/// Runs a console command; a CancelRequest for this console session while it runs turns
+/// a pending PAUSE or SUSPEND into a RESUME, as in PgBouncer (the command then ends with
+/// its "cancelled by RESUME" answer).
+async fn resume_on_cancel<T>(
+    app: &Arc<App>,
+    cancel: &CancelGuard,
+    cmd: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(cmd);
+    tokio::select! {
+        r = &mut cmd => r,
+        _ = cancel.slot.console_cancel.notified() => {
+            if let Err(why) = crate::admin::commands::resume_all(app) {
+                tracing::info!("cancel on console: {why}");
+            }
+            for (_, d) in app.registry.databases() {
+                d.gate.try_resume();
+            }
+            for p in app.registry.all() {
+                p.grow();
+            }
+            cmd.await
+        }
+    }
+}
+
 /// Serves console commands until the client leaves.
 pub async fn run(app: &Arc<App>, stream: &mut Stream, s: AdminSession) -> ConsoleEnd {
     let AdminSession {
         user,
         record,
-        cancel: _cancel,
+        cancel,
         mut rbuf,
     } = s;
     let info = record.info.clone();
@@ -397,11 +424,17 @@ pub async fn run(app: &Arc<App>, stream: &mut Stream, s: AdminSession) -> Consol
             return ConsoleEnd::quiet("client unexpected eof");
         }
         let res = match msg.tag {
-            b'Q' => simple_query(app, &user, &mut ext, &msg, &mut out).await,
+            b'Q' => {
+                let cmd = simple_query(app, &user, &mut ext, &msg, &mut out);
+                resume_on_cancel(app, &cancel, cmd).await
+            }
             b'P' => ext.parse(&msg, &mut out),
             b'B' => ext.bind(&msg, &mut out),
             b'D' => ext.describe(app, &user, &msg, &mut out).await,
-            b'E' => ext.execute(app, &user, &msg, &mut out).await,
+            b'E' => {
+                let cmd = ext.execute(app, &user, &msg, &mut out);
+                resume_on_cancel(app, &cancel, cmd).await
+            }
             b'C' => ext.close(&msg, &mut out),
             b'H' => {
                 if !write_out(stream, &mut out).await {

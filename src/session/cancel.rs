@@ -32,9 +32,19 @@ pub struct CancelSlot {
     secret: i32,
     state: Mutex<SlotState>,
     done: Notify,
+    /// Set for admin console sessions: a CancelRequest for the console is not forwarded
+    /// anywhere; it wakes `console_cancel` instead (PgBouncer turns it into RESUME).
+    console: std::sync::atomic::AtomicBool,
+    pub console_cancel: Notify,
 }
 
 impl CancelSlot {
+    /// Marks this key as an admin console session's.
+    pub fn set_console(&self) {
+        self.console
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
     /// The client now runs requests on this server.
     pub fn arm(&self, key: ServerKey) {
         self.state.lock().target = Some(key);
@@ -99,6 +109,8 @@ impl CancelRegistry {
                 secret,
                 state: Mutex::new(SlotState::default()),
                 done: Notify::new(),
+                console: std::sync::atomic::AtomicBool::new(false),
+                console_cancel: Notify::new(),
             });
             if let dashmap::mapref::entry::Entry::Vacant(e) = self.map.entry(pid) {
                 e.insert(slot.clone());
@@ -122,6 +134,11 @@ impl CancelRegistry {
         // Constant-time enough for a 4-byte secret: compare all bits at once.
         if (slot.secret ^ secret) != 0 {
             tracing::debug!("failed cancel request: wrong secret");
+            return;
+        }
+        if slot.console.load(std::sync::atomic::Ordering::Acquire) {
+            tracing::info!("cancel request for console client");
+            slot.console_cancel.notify_one();
             return;
         }
         let key = {
