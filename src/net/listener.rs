@@ -8,19 +8,24 @@ use std::path::PathBuf;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, UnixListener};
 
+use super::tcp::TcpOptions;
 use super::{PeerAddr, Stream};
 use crate::config::General;
 
 pub enum Listener {
-    Tcp(TcpListener),
+    /// With the keepalive / TCP_USER_TIMEOUT settings for accepted client sockets, so a
+    /// client that vanished without a FIN (a NAT timeout, a dead host) is noticed and its
+    /// session, and any server it holds, freed. Taken at startup, when the listener is bound.
+    Tcp(TcpListener, TcpOptions),
     Unix(UnixListener, PathBuf),
 }
 
 impl Listener {
     pub async fn accept(&self) -> io::Result<(Stream, PeerAddr)> {
         match self {
-            Listener::Tcp(l) => {
+            Listener::Tcp(l, opts) => {
                 let (s, addr) = l.accept().await?;
+                opts.apply_or_log(&s, &format!("client {addr}"));
                 Ok((Stream::tcp(s), PeerAddr::Tcp(addr)))
             }
             Listener::Unix(l, _) => {
@@ -32,7 +37,7 @@ impl Listener {
 
     pub fn describe(&self) -> String {
         match self {
-            Listener::Tcp(l) => match l.local_addr() {
+            Listener::Tcp(l, _) => match l.local_addr() {
                 Ok(a) => a.to_string(),
                 Err(_) => "tcp".into(),
             },
@@ -100,7 +105,10 @@ pub fn bind_all(g: &General) -> io::Result<Vec<Listener>> {
             return Err(io::Error::new(e.kind(), format!("bind {addr}: {e}")));
         }
         sock.listen(g.listen_backlog.min(i32::MAX as u32) as i32)?;
-        out.push(Listener::Tcp(TcpListener::from_std(sock.into())?));
+        out.push(Listener::Tcp(
+            TcpListener::from_std(sock.into())?,
+            TcpOptions::from_general(g),
+        ));
     }
     if !g.unix_socket_dir.is_empty() && !g.unix_socket_dir.starts_with('@') {
         let path = PathBuf::from(&g.unix_socket_dir).join(format!(".s.PGSQL.{}", g.listen_port));

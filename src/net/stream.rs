@@ -54,12 +54,6 @@ impl Stream {
         Stream::Tcp(s)
     }
 
-    pub fn set_keepalive(&self, on: bool) {
-        if let Stream::Tcp(s) = self {
-            let _ = socket2::SockRef::from(s).set_keepalive(on);
-        }
-    }
-
     pub fn is_unix(&self) -> bool {
         matches!(self, Stream::Unix(_))
     }

@@ -1,6 +1,10 @@
-//! Periodic pool upkeep that is not driven by demand: closing servers idle past
-//! server_idle_timeout or older than server_lifetime, and keeping min_pool_size. Growth for
-//! waiting clients is never throttled by this tick; it happens on demand in `pool.rs`.
+//! Periodic pool upkeep that is not driven by demand (`Pool::maintain`): dropping idle
+//! servers that died (backend terminated, server restarted) so SHOW SERVERS and
+//! min_pool_size see the truth without waiting for a client to stumble on them; closing
+//! servers idle past server_idle_timeout, past their (jittered) server_lifetime, or marked
+//! to close; refreshing DNS answers and retiring servers whose address left them; a retry
+//! for clients still queued after the fast-fail window; and keeping min_pool_size. Growth
+//! for waiting clients is never throttled by this tick; it happens on demand in `pool.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -16,8 +16,9 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use super::limits::Shared;
-use crate::config::PoolMode;
+use crate::config::{LoadBalanceHosts, PoolMode};
 use crate::proto::PgError;
+use crate::server::login::Host;
 use crate::server::{self, Credential, LoginError, ServerConn, ServerParams, Target};
 
 /// The effective settings of one pool (global → database → user precedence resolved).
@@ -33,6 +34,14 @@ pub struct PoolSettings {
     pub max_user_connections: u32,
     /// 0 = wait without limit (PgBouncer's meaning; the default is 120 s).
     pub query_wait_timeout: Duration,
+    /// A queued client gets one NOTICE after this long; 0 = never.
+    pub query_wait_notify: Duration,
+    /// Client-side timeouts (`[users]` over `[pgbouncer]`); 0 = off. query_timeout also
+    /// bounds the wait in the queue ("query_timeout").
+    pub query_timeout: Duration,
+    pub idle_transaction_timeout: Duration,
+    pub transaction_timeout: Duration,
+    pub client_idle_timeout: Duration,
     pub server_lifetime: Duration,
     pub server_idle_timeout: Duration,
     pub server_login_retry: Duration,
@@ -64,6 +73,13 @@ struct State {
     connecting: u32,
     /// Fast-fail window: when the last login failed and with what.
     failed: Option<(Instant, PgError)>,
+    /// A timer will call `grow` when the fast-fail window ends (queued clients are served
+    /// as soon as a connect is allowed again, without waiting for a new arrival).
+    retry_scheduled: bool,
+    /// The last waiter id handed out when the current run of failed logins began: waiters
+    /// up to it were queued before anyone knew of the outage and keep waiting; later ones
+    /// (queued in the instant between a fast-fail window and the retry) fail with it.
+    outage_mark: u64,
     next_waiter: u64,
 }
 
@@ -98,7 +114,12 @@ pub struct Pool {
     welcome: Mutex<Option<Arc<ServerParams>>>,
     /// Bumped when connection settings change; older servers close on release.
     generation: AtomicU64,
+    /// Host to start the next connect at: a round-robin counter, or with
+    /// load_balance_hosts=disable the host that worked last.
     rr: AtomicUsize,
+    /// The DNS cache's change count when this pool last compared its servers' addresses
+    /// with the current answers.
+    dns_seen: AtomicU64,
     me: Weak<Pool>,
 }
 
@@ -131,6 +152,7 @@ impl Pool {
             welcome: Mutex::new(None),
             generation: AtomicU64::new(1),
             rr: AtomicUsize::new(0),
+            dns_seen: AtomicU64::new(crate::net::dns::cache().changes()),
             me: me.clone(),
         });
         p.db.pools.lock().push(Arc::downgrade(&p));
@@ -140,6 +162,11 @@ impl Pool {
 
     pub fn settings(&self) -> Arc<PoolSettings> {
         self.settings.load_full()
+    }
+
+    /// Where servers connect, and the server-health settings (check query, fast close).
+    pub fn target(&self) -> Arc<Target> {
+        self.target.load_full()
     }
 
     /// Applies new settings (RELOAD). A changed connection target marks every current
@@ -250,10 +277,24 @@ impl Pool {
         }
     }
 
-    /// Leases a server: an idle one at once, else waits in FIFO order (bounded by
-    /// query_wait_timeout) while a connect is started if the limits allow.
+    /// Leases a server: an idle one at once, else waits in FIFO order while a connect is
+    /// started if the limits allow. The whole wait (PAUSE included) is bounded by
+    /// query_wait_timeout and by query_timeout, as PgBouncer's janitor bounds a queued
+    /// client by both; the shorter one names the error, query_timeout on a tie.
     pub async fn acquire(&self) -> Result<ServerConn, PgError> {
         let s = self.settings();
+        let start = Instant::now();
+        // The bound on the whole wait and the error it ends with; `None` = no bound.
+        let limit = match (s.query_timeout.is_zero(), s.query_wait_timeout.is_zero()) {
+            (true, true) => None,
+            (false, true) => Some((s.query_timeout, "query_timeout")),
+            (true, false) => Some((s.query_wait_timeout, "query_wait_timeout")),
+            (false, false) if s.query_timeout <= s.query_wait_timeout => {
+                Some((s.query_timeout, "query_timeout"))
+            }
+            (false, false) => Some((s.query_wait_timeout, "query_wait_timeout")),
+        };
+        let expired = || PgError::fatal(limit.map_or("query_wait_timeout", |(_, text)| text));
         if self.is_paused() {
             let open = async {
                 while self.is_paused() {
@@ -261,13 +302,13 @@ impl Pool {
                     self.db.gate.wait_open().await;
                 }
             };
-            if s.query_wait_timeout.is_zero() {
-                open.await;
-            } else if tokio::time::timeout(s.query_wait_timeout, open)
-                .await
-                .is_err()
-            {
-                return Err(PgError::fatal("query_wait_timeout"));
+            match limit {
+                None => open.await,
+                Some((w, _)) => {
+                    if tokio::time::timeout(w, open).await.is_err() {
+                        return Err(expired());
+                    }
+                }
             }
         }
         let (id, rx) = {
@@ -276,7 +317,9 @@ impl Pool {
                 return Ok(conn);
             }
             if let Some((at, err)) = &st.failed {
-                if at.elapsed() < s.server_login_retry && st.total == 0 {
+                // Servers still logging in do not count (PgBouncer's check_fast_fail): a
+                // retry stuck on a black hole must not make new clients queue behind it.
+                if at.elapsed() < s.server_login_retry && st.total == st.connecting {
                     return Err(PgError::fatal(format!(
                         "server login has been failing, cached error: {} (server_login_retry)",
                         err.message
@@ -302,11 +345,11 @@ impl Pool {
         };
         self.grow();
 
-        let start = Instant::now();
-        let wait_limit = (!s.query_wait_timeout.is_zero()).then_some(s.query_wait_timeout);
         if s.reserve_pool_size > 0 {
-            let first = match wait_limit {
-                Some(w) => s.reserve_pool_timeout.min(w),
+            let first = match limit {
+                Some((w, _)) => s
+                    .reserve_pool_timeout
+                    .min(w.saturating_sub(start.elapsed())),
                 None => s.reserve_pool_timeout,
             };
             match tokio::time::timeout(first, &mut slot.rx).await {
@@ -324,8 +367,10 @@ impl Pool {
                 }
             }
         }
-        let res = match wait_limit {
-            Some(w) => tokio::time::timeout(w.saturating_sub(start.elapsed()), &mut slot.rx).await,
+        let res = match limit {
+            Some((w, _)) => {
+                tokio::time::timeout(w.saturating_sub(start.elapsed()), &mut slot.rx).await
+            }
             None => Ok((&mut slot.rx).await),
         };
         match res {
@@ -341,12 +386,12 @@ impl Pool {
                     st.waiters.len() != before
                 };
                 if removed {
-                    Err(PgError::fatal("query_wait_timeout"))
+                    Err(expired())
                 } else {
                     // Handed a server (or an error) in the same instant: take it.
                     let r = (&mut slot.rx).await;
                     slot.answered = true;
-                    r.unwrap_or_else(|_| Err(PgError::fatal("query_wait_timeout")))
+                    r.unwrap_or_else(|_| Err(expired()))
                 }
             }
         }
@@ -354,15 +399,16 @@ impl Pool {
 
     /// Returns a server whose last ReadyForQuery was idle and whose output was fully
     /// relayed. It goes to the oldest waiter, else onto the idle stack — unless it has
-    /// outlived server_lifetime, belongs to an old configuration, or another pool of the
-    /// same database/user is blocked on a shared limit.
+    /// outlived its share of server_lifetime, belongs to an old configuration or address
+    /// (marked close_needed: RECONNECT, RELOAD, a changed DNS answer), or another pool of
+    /// the same database/user is blocked on a shared limit.
     pub fn release(&self, mut conn: ServerConn) {
         let s = self.settings();
         let now = Instant::now();
         conn.last_used = now;
         let expired = conn.generation != self.generation.load(Ordering::Acquire)
-            || (s.server_lifetime.is_zero()
-                || now.duration_since(conn.created) >= s.server_lifetime);
+            || conn.info.close_needed.load(Ordering::Relaxed)
+            || conn.lifetime_over(s.server_lifetime, now);
         let expired = expired || self.is_paused();
         let mut st = self.state.lock();
         if !expired {
@@ -398,6 +444,58 @@ impl Pool {
         close_server(conn, false);
         self.wake_blocked();
         self.grow();
+    }
+
+    /// server_check_query before reuse: a server idle for server_check_delay or longer
+    /// (0 = always) runs the check first. `None` = it failed (the server is closed and
+    /// gone from the pool) and the caller takes the next one.
+    ///
+    /// The check is bounded by server_connect_timeout: a half-open server must not hold
+    /// a client for longer than opening a new one could take. If the caller is cancelled
+    /// mid-check (KILL, a client timeout), the server is discarded, never lost to the
+    /// pool's counts.
+    pub async fn check_server(&self, conn: ServerConn) -> Option<ServerConn> {
+        let t = self.target.load();
+        let Some(q) = &t.check_query else {
+            return Some(conn);
+        };
+        if conn.last_used.elapsed() < t.check_delay {
+            return Some(conn);
+        }
+        let (q, limit, max) = (q.clone(), t.connect_timeout, t.max_packet_size);
+        drop(t);
+        let mut guard = DiscardOnDrop {
+            pool: self,
+            conn: Some(conn),
+        };
+        let c = guard.conn.as_mut()?;
+        c.info.set_state(crate::stats::ServerState::Tested);
+        let check = server::login::simple_query(c, &q, max);
+        let res = if limit.is_zero() {
+            check.await
+        } else {
+            tokio::time::timeout(limit, check)
+                .await
+                .unwrap_or(Err(LoginError::Timeout))
+        };
+        match res {
+            Ok(()) => {
+                let mut conn = guard.conn.take()?;
+                conn.last_used = Instant::now();
+                Some(conn)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "{}/{}: server check failed, closing {}: {}",
+                    self.db_name,
+                    self.user_name,
+                    c.addr,
+                    e.log_text()
+                );
+                // The guard discards it.
+                None
+            }
+        }
     }
 
     /// Bookkeeping for a server leaving this pool (caller closes it). `id` 0 = a connect
@@ -536,7 +634,11 @@ impl Pool {
         let target = self.target.load_full();
         let cred = self.credential.lock().clone();
         let generation = self.generation.load(Ordering::Acquire);
-        let start = self.rr.fetch_add(1, Ordering::Relaxed);
+        let start = match target.load_balance {
+            LoadBalanceHosts::RoundRobin => self.rr.fetch_add(1, Ordering::Relaxed),
+            // Stay on the host that worked last; a failure there moves on (connect_done).
+            LoadBalanceHosts::Disable => self.rr.load(Ordering::Relaxed),
+        };
         tokio::spawn(async move {
             let res = server::connect(&target, &cred, start, generation).await;
             me.connect_done(res);
@@ -575,6 +677,9 @@ impl Pool {
                     // Started before a RECONNECT / RELOAD: closes on release.
                     conn.info.close_needed.store(true, Ordering::Relaxed);
                 }
+                if self.target.load().load_balance == LoadBalanceHosts::Disable {
+                    self.rr.store(conn.host_index, Ordering::Relaxed);
+                }
                 self.servers.lock().push(conn.info.clone());
                 if let Some(conn) = hand_to_waiter(&mut st, conn) {
                     st.idle.push_back(conn);
@@ -583,9 +688,10 @@ impl Pool {
             Err(e) => {
                 self.forget_server(&mut st, 0);
                 tracing::warn!(
-                    "{}/{}: server login failed: {e}",
+                    "{}/{}: server login failed: {}",
                     self.db_name,
-                    self.user_name
+                    self.user_name,
+                    e.log_text()
                 );
                 if e.is_starting_up() {
                     // 57P03: clients keep waiting; try again shortly.
@@ -604,28 +710,72 @@ impl Pool {
                         "server login has been failing, cached error: {other} (server_login_retry)"
                     )),
                 };
+                if st.failed.is_none() {
+                    st.outage_mark = st.next_waiter;
+                }
                 st.failed = Some((Instant::now(), e.to_client()));
-                // Waiters fail now rather than sit out query_wait_timeout; a connect
-                // still in flight may yet serve later arrivals.
-                let n = st.waiters.len().saturating_sub(st.connecting as usize);
-                for _ in 0..n {
-                    if let Some(w) = st.waiters.pop_back() {
-                        let _ = w.tx.send(Err(client_err.clone()));
+                // Who fails now: clients still logging in (the pool has no welcome yet, so
+                // every waiter is one: PgBouncer's kill_pool_logins); for an answer about
+                // credentials or the database, everyone, as waiting would not change it;
+                // and clients that queued after the outage was known (a new client in the
+                // fast-fail window is refused at once; one that arrived just as the window
+                // ended waited for this retry). Requests queued before the outage keep
+                // waiting, up to query_wait_timeout: a restarting server is back before
+                // that, and the retry below serves them. A connect still in flight may
+                // yet serve some, so that many stay.
+                let everyone = self.welcome.lock().is_none() || e.is_definitive();
+                let mark = if everyone { 0 } else { st.outage_mark };
+                let mut n = st.waiters.len().saturating_sub(st.connecting as usize);
+                let mut i = st.waiters.len();
+                while n > 0 && i > 0 {
+                    i -= 1;
+                    if st.waiters[i].id > mark {
+                        if let Some(w) = st.waiters.remove(i) {
+                            let _ = w.tx.send(Err(client_err.clone()));
+                        }
+                        n -= 1;
                     }
                 }
+                let retry = !st.waiters.is_empty() && !st.retry_scheduled;
+                st.retry_scheduled |= retry;
                 drop(st);
+                if retry {
+                    self.retry_after(self.settings().server_login_retry);
+                }
                 // The failed connect's slot under max_db/max_user_connections is free.
                 self.wake_blocked();
             }
         }
     }
 
-    /// Janitor work: close servers idle past server_idle_timeout or server_lifetime, and
+    /// Calls `grow` once `after` has passed: the end of the fast-fail window, so the
+    /// clients still queued are served as soon as a connect may be tried again.
+    fn retry_after(&self, after: Duration) {
+        let Some(me) = self.me.upgrade() else { return };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        // server_login_retry = 0 must not turn a dead server into a connect loop.
+        let after = after.max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            me.state.lock().retry_scheduled = false;
+            me.grow();
+        });
+    }
+
+    /// Janitor work, once a second: drop idle servers that died (backend terminated,
+    /// server restarted) or were marked to close (RECONNECT, RELOAD, a changed DNS
+    /// answer), close those idle past server_idle_timeout or past their share of
+    /// server_lifetime, retry for queued clients once the fast-fail window is over, and
     /// keep min_pool_size. `has_clients`: the pool has logged-in clients.
     pub fn maintain(&self, has_clients: bool) {
         let s = self.settings();
+        self.check_dns(&self.target());
         let now = Instant::now();
+        // (server, close cleanly): a dead server's socket is just dropped.
         let mut closing = Vec::new();
+        let retry;
         {
             let mut st = self.state.lock();
             let keep = s.min_pool_size.min(if s.pool_size == 0 {
@@ -636,30 +786,86 @@ impl Pool {
             let mut i = 0;
             while i < st.idle.len() {
                 let c = &st.idle[i];
+                // Cheap: no syscall unless epoll saw the socket readable.
+                let dead = !c.is_clean();
                 let idle_too_long = !s.server_idle_timeout.is_zero()
                     && now.duration_since(c.last_used) >= s.server_idle_timeout
                     && st.total > keep;
-                let too_old = !s.server_lifetime.is_zero()
-                    && now.duration_since(c.created) >= s.server_lifetime;
-                if idle_too_long || too_old {
+                let too_old =
+                    !s.server_lifetime.is_zero() && c.lifetime_over(s.server_lifetime, now);
+                let obsolete = c.info.close_needed.load(Ordering::Relaxed);
+                if dead || idle_too_long || too_old || obsolete {
                     if let Some(c) = st.idle.remove(i) {
                         self.forget_server(&mut st, c.id);
-                        closing.push(c);
+                        closing.push((c, !dead));
                     }
                 } else {
                     i += 1;
                 }
             }
+            // The window-end timer normally does this; this covers a client that queued
+            // behind a busy server which then died, with no connect failing since.
+            retry = !st.waiters.is_empty()
+                && st.connecting == 0
+                && st
+                    .failed
+                    .as_ref()
+                    .is_some_and(|(at, _)| at.elapsed() >= s.server_login_retry);
         }
         let any = !closing.is_empty();
-        for c in closing {
-            close_server(c, true);
+        for (c, clean) in closing {
+            close_server(c, clean);
         }
         if any {
             self.wake_blocked();
         }
+        if retry {
+            self.grow();
+        }
         if s.min_pool_size > 0 && (has_clients || s.forced_user) {
             self.grow_to(s.min_pool_size);
+        }
+    }
+
+    /// Keeps this pool's host names fresh in the DNS cache, and when some answer changed
+    /// marks the servers whose address is no longer among the answers: they close when
+    /// released (idle ones at the next tick), and new ones go to the new addresses.
+    fn check_dns(&self, t: &Target) {
+        let cache = crate::net::dns::cache();
+        for h in &t.hosts {
+            if let Host::Tcp(name) = h {
+                cache.refresh_if_stale(name, t.dns_max_ttl, t.dns_nxdomain_ttl);
+            }
+        }
+        let changes = cache.changes();
+        if self.dns_seen.swap(changes, Ordering::AcqRel) == changes {
+            return;
+        }
+        let mut current: Vec<std::net::IpAddr> = Vec::new();
+        for h in &t.hosts {
+            if let Host::Tcp(name) = h {
+                match cache.last_good(name) {
+                    Some(a) => current.extend(a.iter().copied()),
+                    // Never resolved: which servers are current is unknown; keep them all.
+                    None => return,
+                }
+            }
+        }
+        let mut marked = 0;
+        for info in self.servers.lock().iter() {
+            let Ok(ip) = info.addr.parse::<std::net::IpAddr>() else {
+                continue;
+            };
+            if !current.contains(&ip) && !info.close_needed.swap(true, Ordering::Relaxed) {
+                marked += 1;
+            }
+        }
+        if marked > 0 {
+            tracing::info!(
+                "{}/{}: DNS answer changed, {marked} server(s) to be replaced",
+                self.db_name,
+                self.user_name
+            );
         }
     }
 
@@ -699,6 +905,20 @@ impl Drop for QueueSlot<'_> {
         self.rx.close();
         if let Ok(Ok(conn)) = self.rx.try_recv() {
             self.pool.release(conn);
+        }
+    }
+}
+
+/// A leased server being checked; discarded if the check does not hand it back.
+struct DiscardOnDrop<'a> {
+    pool: &'a Pool,
+    conn: Option<ServerConn>,
+}
+
+impl Drop for DiscardOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take() {
+            self.pool.discard(c);
         }
     }
 }

@@ -9,6 +9,7 @@ use dashmap::DashMap;
 use super::limits::Shared;
 use super::pool::{Pool, PoolSettings};
 use crate::config::{Config, Database, Secret, UserList};
+use crate::net::tcp::TcpOptions;
 use crate::server::login::Host;
 use crate::server::{Credential, Target};
 
@@ -146,6 +147,18 @@ pub fn settings_for(cfg: &Config, db: &Database, user: &str) -> PoolSettings {
             .and_then(|u| u.query_wait_timeout)
             .or(db.query_wait_timeout)
             .unwrap_or(g.query_wait_timeout),
+        query_wait_notify: g.query_wait_notify,
+        // PgBouncer has these per user but not per database; a user's 0 is "not set".
+        query_timeout: u.and_then(|u| u.query_timeout).unwrap_or(g.query_timeout),
+        idle_transaction_timeout: u
+            .and_then(|u| u.idle_transaction_timeout)
+            .unwrap_or(g.idle_transaction_timeout),
+        transaction_timeout: u
+            .and_then(|u| u.transaction_timeout)
+            .unwrap_or(g.transaction_timeout),
+        client_idle_timeout: u
+            .and_then(|u| u.client_idle_timeout)
+            .unwrap_or(g.client_idle_timeout),
         server_lifetime: db.server_lifetime.unwrap_or(g.server_lifetime),
         server_idle_timeout: g.server_idle_timeout,
         server_login_retry: g.server_login_retry,
@@ -179,8 +192,15 @@ pub fn target_for(cfg: &Config, db: &Database, user: &str) -> Target {
         startup,
         connect_query: db.connect_query.clone(),
         connect_timeout: g.server_connect_timeout,
-        keepalive: g.tcp_keepalive,
+        tcp: TcpOptions::from_general(g),
         max_packet_size: g.max_packet_size,
+        load_balance: db.load_balance_hosts.unwrap_or_default(),
+        dns_max_ttl: g.dns_max_ttl,
+        dns_nxdomain_ttl: g.dns_nxdomain_ttl,
+        login_retry: g.server_login_retry,
+        check_query: Target::check_query_from(&g.server_check_query),
+        check_delay: g.server_check_delay,
+        fast_close: g.server_fast_close,
     }
 }
 

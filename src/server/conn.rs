@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use crate::net::Stream;
 
 /// Where a server is, so a CancelRequest can be sent on a new connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ServerAddr {
     Tcp(std::net::SocketAddr),
     Unix(PathBuf),
@@ -82,4 +82,59 @@ pub struct ServerConn {
     pub generation: u64,
     /// What SHOW SERVERS shows about this connection.
     pub info: std::sync::Arc<crate::stats::ServerInfo>,
+    /// Which entry of the `host=` list this server came from (load_balance_hosts=disable
+    /// stays on it).
+    pub host_index: usize,
+    /// This server's share of server_lifetime, in [1 - LIFETIME_JITTER, 1]: servers opened
+    /// together (a burst, min_pool_size at startup, recovery after an outage) must not all
+    /// expire in the same janitor tick and reopen in one thundering herd.
+    pub lifetime_factor: f64,
+    /// server_fast_close applies to this lease (session mode): once the server is marked
+    /// close_needed, the relay ends the session at the next transaction boundary.
+    pub fast_close: bool,
+    /// Protocol-level prepared statements this server has (transaction/statement mode
+    /// with max_prepared_statements > 0; empty otherwise).
+    pub prepared: crate::session::prepared::ServerStatements,
+}
+
+/// Up to this fraction of server_lifetime is taken off each server's lifetime, at random.
+/// Subtracted, never added: server_lifetime stays an upper bound, as operators rely on
+/// it for credential rotation and failover.
+pub const LIFETIME_JITTER: f64 = 0.2;
+
+/// A random lifetime factor for a new server.
+pub fn lifetime_jitter() -> f64 {
+    1.0 - rand::random::<f64>() * LIFETIME_JITTER
+}
+
+impl ServerConn {
+    /// Older than its share of `lifetime`. Zero = use once (PgBouncer): always expired.
+    pub fn lifetime_over(&self, lifetime: std::time::Duration, now: Instant) -> bool {
+        lifetime.is_zero()
+            || now.duration_since(self.created) >= lifetime.mul_f64(self.lifetime_factor)
+    }
+
+    /// An idle server must have no unread bytes: EOF means it died (backend terminated,
+    /// server restarted), data means it sent something while idle (an admin shutdown's
+    /// ErrorResponse). Either way it is not reused.
+    ///
+    /// The reactor's cached readiness answers without a syscall: `try_io` returns
+    /// WouldBlock at once for a socket epoll has not reported readable. Only one that was
+    /// reported is peeked; if the peek finds nothing after all, the readiness is cleared,
+    /// so the next check is free again.
+    pub fn is_clean(&self) -> bool {
+        if !self.rbuf.is_empty() {
+            return false;
+        }
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        let r = match &self.stream {
+            Stream::Tcp(t) => t.try_io(tokio::io::Interest::READABLE, || {
+                socket2::SockRef::from(t).peek(&mut probe)
+            }),
+            Stream::Unix(u) => u.try_io(tokio::io::Interest::READABLE, || {
+                socket2::SockRef::from(u).peek(&mut probe)
+            }),
+        };
+        matches!(r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
 }

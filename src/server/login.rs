@@ -1,21 +1,29 @@
 //! Connecting to PostgreSQL and logging in as a client: startup packet, answering
 //! AuthenticationCleartext/MD5/SASL (SCRAM-SHA-256, with pass-through keys when only a
 //! SCRAM secret is stored), collecting ParameterStatus and BackendKeyData, connect_query.
-//! The whole of connect + login shares one `server_connect_timeout` budget.
+//!
+//! The whole of it — DNS, connect, login, connect_query — shares one
+//! `server_connect_timeout` budget, raced over every address of every host
+//! (`net/connect.rs`), so a host list full of black holes costs one budget, not one each.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use postgres_protocol::message::frontend;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UnixStream};
+use tokio::task::JoinSet;
 
 use super::conn::{next_id, ServerAddr, ServerConn, ServerParams};
 use crate::auth::{md5, scram};
-use crate::config::Secret;
+use crate::config::{LoadBalanceHosts, Secret};
+use crate::net::connect::{race, stagger_for, FailedAddrs, Outcome};
 use crate::net::msgio::{read_msg, ReadError};
-use crate::net::Stream;
+use crate::net::tcp::TcpOptions;
+use crate::net::{dns, Stream};
 use crate::proto::{ErrorFields, PgError};
 
 /// One entry of a `host=` list.
@@ -47,7 +55,8 @@ impl Host {
     }
 }
 
-/// Everything needed to open one server connection for a pool.
+/// Everything needed to open one server connection for a pool, and the server-health
+/// settings that go with them (they change together on RELOAD, see `Pool::reconfigure`).
 #[derive(Debug, Clone)]
 pub struct Target {
     pub hosts: Vec<Host>,
@@ -57,9 +66,34 @@ pub struct Target {
     /// Extra startup parameters (db entry's client_encoding/datestyle/timezone/…).
     pub startup: Vec<(String, String)>,
     pub connect_query: Option<String>,
+    /// server_connect_timeout: ONE budget for resolving, connecting and logging in,
+    /// across every address of every host. Zero = no limit.
     pub connect_timeout: Duration,
-    pub keepalive: bool,
+    pub tcp: TcpOptions,
     pub max_packet_size: u32,
+    pub load_balance: LoadBalanceHosts,
+    pub dns_max_ttl: Duration,
+    pub dns_nxdomain_ttl: Duration,
+    /// server_login_retry: how long a failed address is tried last.
+    pub login_retry: Duration,
+    /// server_check_query: `None` = no check; `Some("")` = an empty Query (`<empty>`).
+    pub check_query: Option<String>,
+    /// server_check_delay: a server idle longer than this is checked before reuse.
+    pub check_delay: Duration,
+    /// server_fast_close (session mode).
+    pub fast_close: bool,
+}
+
+impl Target {
+    /// The `server_check_query` setting as the check to run: empty = disabled,
+    /// `<empty>` = an empty Query message.
+    pub fn check_query_from(setting: &str) -> Option<String> {
+        match setting.trim() {
+            "" => None,
+            q if q.eq_ignore_ascii_case("<empty>") => Some(String::new()),
+            q => Some(q.to_string()),
+        }
+    }
 }
 
 /// What pgsluice answers the server's authentication request with.
@@ -74,10 +108,14 @@ pub enum Credential {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoginError {
+    /// No address accepted a connection; the text says which and why (for the log).
     #[error("connect failed")]
     Connect(String),
     #[error("connect timeout")]
     Timeout,
+    /// No host name resolved; the text says which and why (for the log).
+    #[error("server DNS lookup failed")]
+    Dns(String),
     #[error("{}", .0.message)]
     Server(ErrorFields),
     #[error("{0}")]
@@ -103,9 +141,50 @@ impl LoginError {
         }
     }
 
+    /// The error with its details, for the log (clients get the short PgBouncer text).
+    pub fn log_text(&self) -> String {
+        match self {
+            LoginError::Connect(d) => format!("connect failed: {d}"),
+            LoginError::Dns(d) => format!("server DNS lookup failed: {d}"),
+            LoginError::Server(f) if !f.code.is_empty() => format!("{} ({})", f.message, f.code),
+            other => other.to_string(),
+        }
+    }
+
     /// 57P03 "the database system is starting up": waiting clients keep waiting.
     pub fn is_starting_up(&self) -> bool {
         matches!(self, LoginError::Server(f) if f.code == crate::proto::error::CANNOT_CONNECT_NOW)
+    }
+
+    /// An answer about the credentials or the database rather than about one address
+    /// (bad password, no such database or role, no permission): every address of the
+    /// list would say the same, so the race stops and clients get it at once. Classes 08
+    /// (connection), 53 (resources: too many connections), 57 (operator intervention:
+    /// starting up, shutting down) and 58 (system error) are about that server: the next
+    /// address may do better.
+    pub fn is_definitive(&self) -> bool {
+        match self {
+            LoginError::Auth(_) => true,
+            LoginError::Server(f) => {
+                !f.code.is_empty()
+                    && !["08", "53", "57", "58"]
+                        .iter()
+                        .any(|c| f.code.starts_with(c))
+            }
+            _ => false,
+        }
+    }
+
+    /// Preference when every attempt failed: the most telling error is reported.
+    fn rank(&self) -> u8 {
+        match self {
+            LoginError::Server(_) => 6,
+            LoginError::Auth(_) => 5,
+            LoginError::Protocol(_) => 4,
+            LoginError::Timeout => 3,
+            LoginError::Connect(_) => 2,
+            LoginError::Dns(_) => 1,
+        }
     }
 }
 
@@ -118,68 +197,225 @@ impl From<ReadError> for LoginError {
     }
 }
 
-/// Connects and logs in, within `target.connect_timeout` in total. `start` rotates the
-/// host list (round-robin across connects).
+/// Addresses that failed lately (or lost a race they started first), process-wide: every
+/// pool using an address benefits from what one learnt about it.
+static FAILED: LazyLock<FailedAddrs<ServerAddr>> = LazyLock::new(FailedAddrs::default);
+
+/// One address to try, and which `host=` entry it came from.
+#[derive(Debug, Clone)]
+struct Candidate {
+    addr: ServerAddr,
+    host: usize,
+}
+
+/// Connects and logs in. `target.connect_timeout` is one budget for all of it: resolving
+/// the host names, and connect + login raced over every address of every host (see
+/// `net/connect.rs`). `start` is the host to begin with: a round-robin counter, or with
+/// `load_balance_hosts=disable` the host that worked last. The winning host's index is
+/// in [`ServerConn::host_index`].
 pub async fn connect(
-    target: &Target,
+    target: &Arc<Target>,
     cred: &Credential,
     start: usize,
     generation: u64,
 ) -> Result<ServerConn, LoginError> {
-    match tokio::time::timeout(
-        target.connect_timeout,
-        connect_inner(target, cred, start, generation),
+    let budget = (!target.connect_timeout.is_zero()).then_some(target.connect_timeout);
+    let deadline = budget.map(|b| Instant::now() + b);
+    let cands = match deadline {
+        Some(d) => tokio::time::timeout_at(d.into(), candidates(target, start))
+            .await
+            .map_err(|_| LoginError::Timeout)??,
+        None => candidates(target, start).await?,
+    };
+    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    let stagger = stagger_for(cands.len(), left);
+    let t = target.clone();
+    let cred = Arc::new(cred.clone());
+    let outcome = race(
+        cands,
+        deadline,
+        stagger,
+        move |c: Candidate| {
+            let (t, cred) = (t.clone(), cred.clone());
+            async move { attempt(&t, &cred, c, generation).await }
+        },
+        LoginError::is_definitive,
     )
-    .await
-    {
-        Ok(r) => r,
-        Err(_) => Err(LoginError::Timeout),
+    .await;
+    match outcome {
+        Outcome::Won {
+            value: mut conn,
+            winner,
+            slower,
+        } => {
+            FAILED.succeeded(&winner.addr);
+            for c in slower {
+                tracing::info!(
+                    "{}: slower than {}, tried last for now",
+                    c.addr,
+                    winner.addr
+                );
+                FAILED.failed(&c.addr);
+            }
+            if let Some(q) = &target.connect_query {
+                // PgBouncer logs connect_query errors and keeps the connection; the query
+                // still counts against the budget, as part of logging in.
+                let max = target.max_packet_size;
+                let run = simple_query(&mut conn, q, max);
+                let res = match deadline {
+                    Some(d) => tokio::time::timeout_at(d.into(), run)
+                        .await
+                        .map_err(|_| LoginError::Timeout)?,
+                    None => run.await,
+                };
+                if let Err(e) = res {
+                    if !matches!(e, LoginError::Server(_)) {
+                        return Err(e);
+                    }
+                    tracing::warn!("connect_query failed: {e}");
+                }
+            }
+            Ok(conn)
+        }
+        Outcome::Lost {
+            failures,
+            pending,
+            timed_out,
+        } => {
+            let mut detail = Vec::new();
+            for (c, e) in &failures {
+                if !e.is_definitive() {
+                    FAILED.failed(&c.addr);
+                }
+                detail.push(format!("{}: {}", c.addr, e.log_text()));
+            }
+            if timed_out {
+                for c in &pending {
+                    FAILED.failed(&c.addr);
+                    detail.push(format!("{}: no answer", c.addr));
+                }
+            }
+            if !detail.is_empty() {
+                // Which address said what: the pool's warning has only the short reason.
+                tracing::info!(
+                    "connect {}@{}: {}",
+                    target.user,
+                    target.dbname,
+                    detail.join("; ")
+                );
+            }
+            let stopped = failures.last().filter(|(_, e)| e.is_definitive());
+            let best = match stopped {
+                Some(_) => failures.into_iter().last().map(|(_, e)| e),
+                None => failures
+                    .into_iter()
+                    .map(|(_, e)| e)
+                    .max_by_key(|e| e.rank()),
+            };
+            Err(match best {
+                // An address still pending at the deadline outranks refused ones: the
+                // budget is what ran out.
+                Some(e) if e.rank() >= LoginError::Timeout.rank() || !timed_out => e,
+                _ if timed_out => LoginError::Timeout,
+                Some(e) => e,
+                None => LoginError::Connect("no address".into()),
+            })
+        }
     }
 }
 
-async fn open(target: &Target, start: usize) -> Result<(Stream, ServerAddr), LoginError> {
-    let mut last = String::from("no host");
-    let n = target.hosts.len().max(1);
-    for i in 0..target.hosts.len() {
-        match &target.hosts[(start + i) % n] {
-            Host::Unix(dir) => {
-                let path = dir.join(format!(".s.PGSQL.{}", target.port));
-                match UnixStream::connect(&path).await {
-                    Ok(s) => return Ok((Stream::Unix(s), ServerAddr::Unix(path))),
-                    Err(e) => last = format!("{}: {e}", path.display()),
-                }
-            }
-            Host::Tcp(h) => {
-                let addrs = match tokio::net::lookup_host((h.as_str(), target.port)).await {
-                    Ok(a) => a,
-                    Err(e) => {
-                        last = format!("server DNS lookup failed: {h}: {e}");
-                        continue;
-                    }
-                };
-                for a in addrs {
-                    match TcpStream::connect(a).await {
-                        Ok(s) => {
-                            let s = Stream::tcp(s);
-                            s.set_keepalive(target.keepalive);
-                            return Ok((s, ServerAddr::Tcp(a)));
-                        }
-                        Err(e) => last = format!("{a}: {e}"),
-                    }
-                }
+/// Every address of every host, in the order to try: hosts from `start` on (wrapping),
+/// a name's addresses rotated for round-robin, then recently failed addresses moved last.
+/// Host names are resolved concurrently, through the DNS cache.
+async fn candidates(target: &Target, start: usize) -> Result<Vec<Candidate>, LoginError> {
+    let n = target.hosts.len();
+    if n == 0 {
+        return Err(LoginError::Connect("no host".into()));
+    }
+    let round_robin = target.load_balance == LoadBalanceHosts::RoundRobin;
+    let mut lookups = JoinSet::new();
+    for (i, h) in target.hosts.iter().enumerate() {
+        if let Host::Tcp(name) = h {
+            let (name, ttl, nx) = (name.clone(), target.dns_max_ttl, target.dns_nxdomain_ttl);
+            lookups.spawn(async move { (i, dns::cache().resolve(&name, ttl, nx).await) });
+        }
+    }
+    let mut answers: Vec<Option<dns::Answer>> = vec![None; n];
+    while let Some(r) = lookups.join_next().await {
+        if let Ok((i, a)) = r {
+            if let Some(slot) = answers.get_mut(i) {
+                *slot = Some(a);
             }
         }
     }
-    Err(LoginError::Connect(last))
+    let mut out = Vec::new();
+    let mut dns_errors = Vec::new();
+    for k in 0..n {
+        let i = (start + k) % n;
+        match (&target.hosts[i], answers[i].take()) {
+            (Host::Unix(dir), _) => out.push(Candidate {
+                addr: ServerAddr::Unix(dir.join(format!(".s.PGSQL.{}", target.port))),
+                host: i,
+            }),
+            (Host::Tcp(name), Some(Ok(ips))) if ips.is_empty() => {
+                dns_errors.push(format!("{name}: no addresses"));
+            }
+            (Host::Tcp(_), Some(Ok(ips))) => {
+                let rot = if round_robin { start % ips.len() } else { 0 };
+                for j in 0..ips.len() {
+                    let ip = ips[(rot + j) % ips.len()];
+                    out.push(Candidate {
+                        addr: ServerAddr::Tcp(SocketAddr::new(ip, target.port)),
+                        host: i,
+                    });
+                }
+            }
+            (Host::Tcp(name), Some(Err(e))) => dns_errors.push(format!("{name}: {e}")),
+            (Host::Tcp(name), None) => dns_errors.push(format!("{name}: lookup failed")),
+        }
+    }
+    if out.is_empty() {
+        return Err(LoginError::Dns(dns_errors.join("; ")));
+    }
+    for e in &dns_errors {
+        tracing::warn!("server DNS lookup failed: {e}");
+    }
+    Ok(FAILED.order(out, |c| &c.addr, target.login_retry))
 }
 
-async fn connect_inner(
+/// One racer: open the socket to `c`, then log in.
+async fn attempt(
     target: &Target,
     cred: &Credential,
-    start: usize,
+    c: Candidate,
     generation: u64,
 ) -> Result<ServerConn, LoginError> {
-    let (mut stream, addr) = open(target, start).await?;
+    let stream = match &c.addr {
+        ServerAddr::Tcp(a) => {
+            let s = TcpStream::connect(a)
+                .await
+                .map_err(|e| LoginError::Connect(format!("{a}: {e}")))?;
+            target.tcp.apply_or_log(&s, &format!("server {a}"));
+            Stream::tcp(s)
+        }
+        ServerAddr::Unix(p) => Stream::Unix(
+            UnixStream::connect(p)
+                .await
+                .map_err(|e| LoginError::Connect(format!("{}: {e}", p.display())))?,
+        ),
+    };
+    login(target, cred, stream, c.addr, c.host, generation).await
+}
+
+/// The startup packet, authentication and the welcome on an open socket.
+async fn login(
+    target: &Target,
+    cred: &Credential,
+    mut stream: Stream,
+    addr: ServerAddr,
+    host_index: usize,
+    generation: u64,
+) -> Result<ServerConn, LoginError> {
     let mut out = BytesMut::with_capacity(256);
     let mut params: Vec<(&str, &str)> = vec![("user", &target.user), ("database", &target.dbname)];
     for (k, v) in &target.startup {
@@ -323,7 +559,7 @@ async fn connect_inner(
     let info = std::sync::Arc::new(crate::stats::ServerInfo::new(
         id, ip, port, lip, lport, key.0,
     ));
-    let mut conn = ServerConn {
+    Ok(ServerConn {
         stream,
         rbuf,
         params: sp,
@@ -335,14 +571,11 @@ async fn connect_inner(
         last_used: now,
         generation,
         info,
-    };
-    if let Some(q) = &target.connect_query {
-        // PgBouncer logs connect_query errors and keeps the connection.
-        if let Err(e) = simple_query(&mut conn, q, max).await {
-            tracing::warn!("connect_query failed: {e}");
-        }
-    }
-    Ok(conn)
+        host_index,
+        lifetime_factor: super::conn::lifetime_jitter(),
+        fast_close: false,
+        prepared: Default::default(),
+    })
 }
 
 fn plain_password(cred: &Credential) -> Option<&str> {

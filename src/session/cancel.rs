@@ -161,7 +161,7 @@ impl CancelRegistry {
 
 /// Sends the server's own CancelRequest and waits for the server to close, so the cancel
 /// has been delivered before the release that waits for it goes on.
-async fn send_cancel(key: &ServerKey) -> std::io::Result<()> {
+pub(crate) async fn send_cancel(key: &ServerKey) -> std::io::Result<()> {
     let mut pkt = [0u8; 16];
     pkt[0..4].copy_from_slice(&16u32.to_be_bytes());
     pkt[4..8].copy_from_slice(&crate::proto::startup::CANCEL_REQUEST.to_be_bytes());

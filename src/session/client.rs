@@ -6,17 +6,26 @@
 //! Lifecycle: accept → login (startup, auth, welcome) → [idle → lease → relay → release]*
 //! → close. Session mode keeps the lease until the client leaves, then runs
 //! server_reset_query before the server goes back.
+//!
+//! Every wait has a bound: login (client_login_timeout), idle without a server
+//! (client_idle_timeout), queued for a server (query_wait_timeout / query_timeout in
+//! `Pool::acquire`, with the query_wait_notify NOTICE from here), and holding one
+//! (query_timeout, idle_transaction_timeout, transaction_timeout in the relay).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::cancel::ServerKey;
 use super::login::{login, Outcome, Session};
-use super::relay::{relay, Meter, RelayEnd};
+use super::prepared::ClientStatements;
+use super::relay::{relay_with, Meter, RelayEnd, Timeouts};
 use super::tracker::Tracker;
 use crate::config::PoolMode;
 use crate::control::App;
@@ -33,11 +42,17 @@ pub async fn serve(app: Arc<App>, mut stream: Stream, peer: PeerAddr) {
     // PgBouncer's log prefix: C-0x<id>: db/user@addr:port
     let mut who = format!("C-{id:#x}: (nodb)/(nouser)@{peer}");
     let timeout = app.config.load().general.client_login_timeout;
+    // Set by login once the client has authenticated and waits for the pool's first
+    // server login (the welcome needs its parameters).
+    let mut awaiting_server = false;
     let res = if timeout.is_zero() {
-        login(&app, &mut stream, &peer, id, &mut who).await
+        login(&app, &mut stream, &peer, id, &mut who, &mut awaiting_server).await
     } else {
-        match tokio::time::timeout(timeout, login(&app, &mut stream, &peer, id, &mut who)).await {
+        let attempt = login(&app, &mut stream, &peer, id, &mut who, &mut awaiting_server);
+        match tokio::time::timeout(timeout, attempt).await {
             Ok(r) => r,
+            // PgBouncer tells the two apart: the client did its part, the server did not.
+            Err(_) if awaiting_server => Err(PgError::fatal("client_login_timeout (server down)")),
             Err(_) => Err(PgError::fatal("client_login_timeout")),
         }
     };
@@ -108,9 +123,16 @@ impl End {
 
 async fn run(app: &App, stream: &mut Stream, mut s: Session) -> End {
     let mut tracker = Tracker::default();
+    // Protocol-level prepared statements (transaction/statement mode): this client's
+    // names, and the buffer its rewritten requests go through.
+    let mut stmts = ClientStatements::default();
+    let mut stmts_out = BytesMut::new();
     let mut cbuf = std::mem::take(&mut s.rbuf);
     let mut shutdown = app.shutdown_signal();
     let info = s.record.info.clone();
+    // client_idle_timeout: when the client, holding no server, must have sent its next
+    // request by. Set each time it becomes idle (login, release).
+    let mut idle_until = idle_deadline(&s.pool.settings());
     loop {
         if info.is_killed() {
             return End::fatal(PgError::fatal(info.kill_reason.lock().clone()));
@@ -125,6 +147,9 @@ async fn run(app: &App, stream: &mut Stream, mut s: Session) -> End {
                 r = stream.readable() => if r.is_err() { return End::quiet("client close request") },
                 _ = shutdown.changed() => return End::fatal(PgError::fatal("server shutting down")),
                 _ = info.kill_notify.notified() => continue,
+                _ = expire(idle_until), if idle_until.is_some() => {
+                    return End::fatal(PgError::fatal("client_idle_timeout"));
+                }
             }
             cbuf.reserve(8192);
             match stream.read_buf(&mut cbuf).await {
@@ -132,9 +157,16 @@ async fn run(app: &App, stream: &mut Stream, mut s: Session) -> End {
                 Ok(_) => {}
             }
         }
-        // Wait for a whole header: Terminate must not cost a lease.
+        // Wait for a whole header: Terminate must not cost a lease. A client that stops
+        // part-way through one is still idle.
         if cbuf.len() < 5 {
-            match stream.read_buf(&mut cbuf).await {
+            let r = tokio::select! {
+                r = stream.read_buf(&mut cbuf) => r,
+                _ = expire(idle_until), if idle_until.is_some() => {
+                    return End::fatal(PgError::fatal("client_idle_timeout"));
+                }
+            };
+            match r {
                 Ok(0) | Err(_) => return End::quiet("client close request"),
                 Ok(_) => continue,
             }
@@ -150,20 +182,65 @@ async fn run(app: &App, stream: &mut Stream, mut s: Session) -> End {
         if let Err(e) = crate::proto::frame::peek_header(&cbuf, settings.max_packet_size) {
             return End::fatal(PgError::fatal(e.to_string()));
         }
+        // Only request messages may start a lease. Anything else would be forwarded,
+        // owe no ReadyForQuery and release the server at once, leaving the client waiting
+        // for an answer that never comes (PostgreSQL closes that server with an error).
+        if !b"QFPBDESHCdcf".contains(&cbuf[0]) {
+            return End::fatal(PgError::fatal("unknown pkt"));
+        }
+        // Parse + Sync of a statement this pool knows: answered without a server.
+        if cbuf[0] == b'P'
+            && settings.mode != PoolMode::Session
+            && (app.config.load().general.max_prepared_statements > 0 || !stmts.is_empty())
+        {
+            let mut reply = BytesMut::new();
+            if let Some(n) = stmts.answer_without_server(
+                &cbuf,
+                Arc::as_ptr(&s.pool) as usize,
+                tracker.pushed(),
+                settings.max_packet_size,
+                &mut reply,
+            ) {
+                s.pool.stats.add(&TxStats {
+                    client_parse_count: 1,
+                    ..Default::default()
+                });
+                info.prepared_statements
+                    .store(stmts.len() as u64, Ordering::Relaxed);
+                if stream.write_all(&reply).await.is_err() {
+                    return End::quiet("client unexpected eof");
+                }
+                let _ = cbuf.split_to(n);
+                continue;
+            }
+        }
         let wait_from = Instant::now();
         info.request_time_us
             .store(crate::stats::now_us(), Ordering::Relaxed);
         info.set_state(ClientState::Waiting);
         info.wait_start_us
             .store(crate::stats::now_us(), Ordering::Relaxed);
-        let leased = tokio::select! {
-            r = lease(&s) => r,
-            _ = info.kill_notify.notified() => Err(PgError::fatal(info.kill_reason.lock().clone())),
+        let leased = {
+            let mut leasing = std::pin::pin!(lease(&s));
+            // Most requests find an idle server at once: no select, no timer.
+            match std::future::poll_fn(|cx| Poll::Ready(leasing.as_mut().poll(cx))).await {
+                Poll::Ready(r) => r.map_err(End::fatal),
+                Poll::Pending => {
+                    queued(
+                        stream,
+                        leasing,
+                        &info,
+                        wait_from,
+                        settings.query_wait_notify,
+                    )
+                    .await
+                }
+            }
         };
         info.wait_start_us.store(0, Ordering::Relaxed);
         let mut server = match leased {
             Ok(c) => c,
-            Err(e) => return End::fatal(e),
+            Err(end) => return end,
         };
         let mut tx = TxStats {
             server_assignment_count: 1,
@@ -194,9 +271,25 @@ async fn run(app: &App, stream: &mut Stream, mut s: Session) -> End {
             secret: server.backend_secret,
         });
         tracker.reset();
-        let mut meter = Meter::new(&mut tx);
+        let mut meter = Meter::new(&mut tx).with_timeouts(Timeouts {
+            query: settings.query_timeout,
+            idle_transaction: settings.idle_transaction_timeout,
+            transaction: settings.transaction_timeout,
+        });
+        // max_prepared_statements > 0 outside session mode: named statements are
+        // rewritten. A client that already has statements keeps that even if a RELOAD
+        // set the limit to 0, or its names would stop working.
+        let max_prepared = app.config.load().general.max_prepared_statements as usize;
+        let prepared =
+            if settings.mode != PoolMode::Session && (max_prepared > 0 || !stmts.is_empty()) {
+                stmts.new_lease(max_prepared.max(1), Arc::as_ptr(&s.pool) as usize);
+                server.prepared.new_lease();
+                Some((&mut stmts, &mut stmts_out))
+            } else {
+                None
+            };
         let end = tokio::select! {
-            end = relay(
+            end = relay_with(
                 stream,
                 &mut cbuf,
                 &mut server,
@@ -205,9 +298,16 @@ async fn run(app: &App, stream: &mut Stream, mut s: Session) -> End {
                 &mut meter,
                 settings.mode,
                 settings.max_packet_size,
+                prepared,
             ) => end,
             _ = info.kill_notify.notified() => RelayEnd::Killed,
         };
+        info.prepared_statements
+            .store(stmts.len() as u64, Ordering::Relaxed);
+        server
+            .info
+            .prepared_statements
+            .store(server.prepared.len() as u64, Ordering::Relaxed);
         s.pool.stats.add(&tx);
         crate::stats::prometheus::lease_done(&s.pool, &tx);
         info.set_state(ClientState::Idle);
@@ -265,55 +365,152 @@ async fn run(app: &App, stream: &mut Stream, mut s: Session) -> End {
                 s.pool.discard(server);
                 return End::fatal(PgError::fatal(info.kill_reason.lock().clone()));
             }
+            RelayEnd::ServerOutOfStep => {
+                s.pool.discard(server);
+                return End::fatal(PgError::fatal("server sent an unexpected message"));
+            }
+            RelayEnd::FastClose => {
+                // Idle and owing nothing: release closes it (close_needed) cleanly.
+                s.pool.release(server);
+                return End::fatal(PgError::fatal("database configuration changed"));
+            }
             RelayEnd::StatementViolation => {
                 s.pool.discard(server);
                 return End::fatal(PgError::fatal(
                     "transaction blocks not allowed in statement pooling mode",
                 ));
             }
+            RelayEnd::Timeout { what, in_sync } => {
+                // Closed, not rolled back and reused: closing needs no round trip and
+                // leaves nothing to prove clean (PgBouncer closes it too). A backend
+                // idle in a transaction sees EOF and aborts at once; a busy one would
+                // finish its query first, so it is cancelled as well.
+                if !tracker.quiet() {
+                    cancel_running(&server);
+                }
+                s.pool.discard(server);
+                if !in_sync {
+                    // An ErrorResponse after half a message would be read as part of
+                    // it; a plain close is the clearer end.
+                    return End::quiet(what.message());
+                }
+                return End::fatal(PgError::fatal(what.message()));
+            }
         }
         if cbuf.is_empty() {
             // Give the buffer back: an idle client holds no read buffer.
             cbuf = BytesMut::new();
         }
+        idle_until = idle_deadline(&settings);
     }
 }
 
-/// A server from the pool that is still alive and has nothing unexpected to say.
+/// When an idle client is dropped with "client_idle_timeout"; `None` = never. Session mode
+/// is exempt: PgBouncer links a session-mode client to its server at login, and
+/// client_idle_timeout only applies to clients without one.
+fn idle_deadline(settings: &crate::pool::PoolSettings) -> Option<tokio::time::Instant> {
+    if settings.client_idle_timeout.is_zero() || settings.mode == PoolMode::Session {
+        return None;
+    }
+    tokio::time::Instant::now().checked_add(settings.client_idle_timeout)
+}
+
+/// Resolves at `at`; never when `None`. Builds no timer until first polled, so a disabled
+/// `select!` branch costs nothing.
+async fn expire(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// PgBouncer 1.25's NOTICE to a client queued longer than query_wait_notify.
+const QUEUED_NOTICE: &str =
+    "No server connection available in postgres backend, client being queued";
+
+/// Waits out a lease that did not complete at once. KILL ends the wait; after
+/// query_wait_notify the client gets the NOTICE once and goes on waiting. The wait itself
+/// is bounded in `Pool::acquire` (query_wait_timeout, query_timeout).
+async fn queued<F>(
+    stream: &mut Stream,
+    mut leasing: Pin<&mut F>,
+    info: &crate::stats::ClientInfo,
+    since: Instant,
+    notify: Duration,
+) -> Result<ServerConn, End>
+where
+    F: Future<Output = Result<ServerConn, PgError>>,
+{
+    let mut notify_at = if notify.is_zero() {
+        None
+    } else {
+        since
+            .checked_add(notify)
+            .map(tokio::time::Instant::from_std)
+    };
+    loop {
+        tokio::select! {
+            r = leasing.as_mut() => return r.map_err(End::fatal),
+            _ = info.kill_notify.notified() => {
+                return Err(End::fatal(PgError::fatal(info.kill_reason.lock().clone())));
+            }
+            _ = expire(notify_at), if notify_at.is_some() => {
+                notify_at = None;
+                let mut out = BytesMut::new();
+                crate::proto::error::notice(&mut out, QUEUED_NOTICE, None);
+                // The client is waiting for an answer, so its socket has room for a
+                // hundred bytes; one that still cannot take them in a second is not
+                // reading at all. A half-written notice would garble what follows, so
+                // such a client is dropped.
+                let sent = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out));
+                if !matches!(sent.await, Ok(Ok(()))) {
+                    return Err(End::quiet("client unexpected eof"));
+                }
+            }
+        }
+    }
+}
+
+/// Cancels whatever a timed-out server is running, on a connection of its own, so the
+/// backend stops now instead of when its query ends. Fire and forget: the server is
+/// closed either way, and the cancel is bounded like a client's.
+fn cancel_running(server: &ServerConn) {
+    let key = ServerKey {
+        addr: server.addr.clone(),
+        pid: server.backend_pid,
+        secret: server.backend_secret,
+    };
+    tokio::spawn(async move {
+        let sent =
+            tokio::time::timeout(Duration::from_secs(10), super::cancel::send_cancel(&key)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            tracing::warn!("cancel request to {} after a timeout failed", key.addr);
+        }
+    });
+}
+
+/// A server from the pool that is still alive and has nothing unexpected to say; one idle
+/// longer than server_check_delay must pass server_check_query first. A server that fails
+/// either test is closed and the next one taken, so the client never sees it.
 async fn lease(s: &Session) -> Result<ServerConn, PgError> {
     loop {
         let conn = s.pool.acquire().await?;
-        if server_is_clean(&conn) {
+        if !server_is_clean(&conn) {
+            s.pool.discard(conn);
+            continue;
+        }
+        if let Some(mut conn) = s.pool.check_server(conn).await {
+            conn.fast_close =
+                s.pool.settings().mode == PoolMode::Session && s.pool.target().fast_close;
             return Ok(conn);
         }
-        s.pool.discard(conn);
     }
 }
 
-/// An idle server must have no unread bytes: EOF means it died (backend terminated, server
-/// restarted), data means it sent something while idle. Either way it is not reused.
-///
-/// The reactor's cached readiness answers without a syscall: an idle socket that epoll has
-/// not reported readable has nothing to say. Only when it has (or a previous read filled
-/// its buffer exactly, leaving readiness set) is the socket peeked to be sure.
+/// No unread bytes, no EOF: see [`ServerConn::is_clean`]. Free in the common case (no
+/// syscall unless epoll saw the idle socket readable).
 fn server_is_clean(conn: &ServerConn) -> bool {
-    if !conn.rbuf.is_empty() {
-        return false;
-    }
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    let ready = match &conn.stream {
-        Stream::Tcp(t) => t.poll_read_ready(&mut cx).is_ready(),
-        Stream::Unix(u) => u.poll_read_ready(&mut cx).is_ready(),
-    };
-    if !ready {
-        return true;
-    }
-    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-    let r = match &conn.stream {
-        Stream::Tcp(t) => socket2::SockRef::from(t).peek(&mut probe),
-        Stream::Unix(u) => socket2::SockRef::from(u).peek(&mut probe),
-    };
-    matches!(r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    conn.is_clean()
 }
 
 async fn reset_and_release(s: &Session, mut server: ServerConn, query: &str) {
@@ -322,8 +519,25 @@ async fn reset_and_release(s: &Session, mut server: ServerConn, query: &str) {
         return;
     }
     let max = s.pool.settings().max_packet_size;
-    match simple_query(&mut server, query, max).await {
-        Ok(()) => s.pool.release(server),
-        Err(_) => s.pool.discard(server),
+    if simple_query(&mut server, query, max).await.is_err() {
+        s.pool.discard(server);
+        return;
     }
+    // A reset query that drops prepared statements (DISCARD ALL, DEALLOCATE …) leaves the
+    // server's statement cache unknown: make it empty for sure.
+    if !server.prepared.is_empty() {
+        let q = query.to_ascii_uppercase();
+        if q.contains("DISCARD") || q.contains("DEALLOCATE") {
+            if simple_query(&mut server, "DEALLOCATE ALL", max)
+                .await
+                .is_err()
+            {
+                s.pool.discard(server);
+                return;
+            }
+            server.prepared.clear();
+            server.info.prepared_statements.store(0, Ordering::Relaxed);
+        }
+    }
+    s.pool.release(server);
 }

@@ -221,12 +221,15 @@ fn check_params(
 
 /// Logs a client in. Errors are sent by the caller (FATAL, then close). `who` is the log
 /// prefix; it gains the database and user once the startup packet names them.
+/// `awaiting_server` is set once the client has authenticated and waits for the pool's
+/// first server login, so the caller's client_login_timeout can say "(server down)".
 pub async fn login(
     app: &Arc<App>,
     stream: &mut Stream,
     peer: &PeerAddr,
     id: u64,
     who: &mut String,
+    awaiting_server: &mut bool,
 ) -> Result<Outcome, PgError> {
     let mut out = BytesMut::with_capacity(512);
     let (minor, raw) = match read_startup(stream, &mut out).await? {
@@ -345,6 +348,7 @@ pub async fn login(
     let welcome = match pool.welcome() {
         Some(w) => w,
         None => {
+            *awaiting_server = true;
             let conn = pool.acquire().await.map_err(|e| {
                 if e.message == "query_wait_timeout" {
                     PgError::fatal("client_login_timeout (server down)")

@@ -5,5 +5,6 @@ pub mod cancel;
 pub mod client;
 pub mod login;
 pub mod params;
+pub mod prepared;
 pub mod relay;
 pub mod tracker;

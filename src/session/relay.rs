@@ -7,18 +7,25 @@
 //! arrived, so a large row or COPY costs no more memory than the read buffer. Both
 //! directions progress independently, so a client streaming COPY data while the server
 //! streams notices cannot deadlock the pair.
+//!
+//! Timeouts (query_timeout, idle_transaction_timeout, transaction_timeout) cost one branch
+//! per wake-up when none is set. When some are, the relay keeps one `Sleep` per lease,
+//! created when first needed and reset only when the deadline moves: the deadline is
+//! worked out from the meter's clocks each time the future is about to sleep, never per
+//! message.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWrite;
 use tokio_util::io::poll_read_buf;
 
 use super::params::ClientParams;
-use super::tracker::{ClientAction, Tracker};
+use super::prepared::{self, ClientStatements, ServerStatements, Step};
+use super::tracker::{ClientAction, ServerAction, Synth, Tracker};
 use crate::config::PoolMode;
 use crate::net::Stream;
 use crate::proto::frame::{peek_header, read_cstr, FrameError};
@@ -46,10 +53,64 @@ pub enum RelayEnd {
     StatementViolation,
     /// KILL_CLIENT / KILL: the client is to be dropped now.
     Killed,
+    /// The server answered something its requests do not call for while pgsluice was
+    /// rewriting prepared statements: the stream can no longer be trusted.
+    ServerOutOfStep,
+    /// server_fast_close (session mode): the server was marked close_needed (RECONNECT,
+    /// RELOAD, a DNS change) and is between transactions; it is closed and the client
+    /// told "database configuration changed".
+    FastClose,
+    /// A client-side timeout ran out; the server is in an unknown state. `in_sync`: what
+    /// the client has been sent ends at a message boundary, so an ErrorResponse may
+    /// follow (not so while a large result is half-way through to a slow client).
+    Timeout {
+        what: Expired,
+        in_sync: bool,
+    },
+}
+
+/// The client-side timeouts of one lease; zero = off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timeouts {
+    /// query_timeout: a request unanswered for this long.
+    pub query: Duration,
+    /// idle_transaction_timeout: the server idle inside a transaction for this long.
+    pub idle_transaction: Duration,
+    /// transaction_timeout: a transaction open for this long.
+    pub transaction: Duration,
+}
+
+impl Timeouts {
+    pub fn any(&self) -> bool {
+        !(self.query.is_zero() && self.idle_transaction.is_zero() && self.transaction.is_zero())
+    }
+}
+
+/// Which timeout ended the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    Query,
+    IdleTransaction,
+    Transaction,
+}
+
+impl Expired {
+    /// PgBouncer's disconnect reason, sent to the client as FATAL 08P01.
+    pub fn message(self) -> &'static str {
+        match self {
+            Expired::Query => "query timeout",
+            Expired::IdleTransaction => "idle transaction timeout",
+            Expired::Transaction => "transaction timeout",
+        }
+    }
 }
 
 /// One direction's buffer: `buf[..fwd]` is scanned and ready to write; `skip` bytes of
 /// the current message are still to come and need no inspection.
+///
+/// With prepared statements on, the client side has an `out` buffer instead: messages are
+/// taken off the front of `buf` as they are scanned, rewritten or copied into `out`, and
+/// `out` is what is written (`fwd` stays 0).
 struct Side<'a> {
     buf: &'a mut BytesMut,
     fwd: usize,
@@ -57,6 +118,7 @@ struct Side<'a> {
     /// A message we must see whole is this long; read until it is buffered.
     want: usize,
     eof: bool,
+    out: Option<&'a mut BytesMut>,
 }
 
 impl<'a> Side<'a> {
@@ -67,11 +129,31 @@ impl<'a> Side<'a> {
             skip: 0,
             want: 0,
             eof: false,
+            out: None,
         }
     }
 
     fn wants_read(&self) -> bool {
-        !self.eof && (self.buf.len() < HIGH_WATER || self.buf.len() < self.fwd + self.want)
+        match &self.out {
+            None => {
+                !self.eof && (self.buf.len() < HIGH_WATER || self.buf.len() < self.fwd + self.want)
+            }
+            Some(out) => {
+                !self.eof
+                    && out.len() < HIGH_WATER
+                    && (self.buf.len() < HIGH_WATER || self.buf.len() < self.want)
+            }
+        }
+    }
+
+    /// Everything scanned has been written. With an `out` buffer, also no message has
+    /// begun in `buf`: one held back until it is whole (a Parse, a Bind's names) belongs
+    /// to this lease, or the request loop would lease again at once for the same bytes.
+    fn flushed(&self) -> bool {
+        match &self.out {
+            None => self.fwd == 0,
+            Some(out) => out.is_empty() && self.buf.len() < crate::proto::HEADER_LEN,
+        }
     }
 
     fn poll_read(&mut self, cx: &mut Context<'_>, s: &mut Stream) -> Poll<std::io::Result<usize>> {
@@ -84,6 +166,20 @@ impl<'a> Side<'a> {
 
     /// Writes what is ready. `Ready(Ok(true))` = made progress.
     fn poll_write(&mut self, cx: &mut Context<'_>, s: &mut Stream) -> Poll<std::io::Result<bool>> {
+        if let Some(out) = self.out.as_deref_mut() {
+            if out.is_empty() {
+                return Poll::Ready(Ok(false));
+            }
+            return match Pin::new(s).poll_write(cx, out) {
+                Poll::Ready(Ok(0)) => Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    out.advance(n);
+                    Poll::Ready(Ok(true))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            };
+        }
         if self.fwd == 0 {
             return Poll::Ready(Ok(false));
         }
@@ -112,6 +208,11 @@ pub struct Meter<'a> {
     query_start: Option<Instant>,
     /// When the current transaction's first request was sent.
     xact_start: Option<Instant>,
+    limits: Timeouts,
+    /// Start of the current idle-in-transaction stretch, with the ReadyForQuery count it
+    /// began at: a later ReadyForQuery starts a new stretch even if no wake-up saw the
+    /// server busy in between.
+    idle_mark: Option<(u64, Instant)>,
 }
 
 impl<'a> Meter<'a> {
@@ -120,7 +221,15 @@ impl<'a> Meter<'a> {
             stats,
             query_start: None,
             xact_start: None,
+            limits: Timeouts::default(),
+            idle_mark: None,
         }
+    }
+
+    /// Enforce these timeouts during the relay.
+    pub fn with_timeouts(mut self, limits: Timeouts) -> Self {
+        self.limits = limits;
+        self
     }
 
     #[inline]
@@ -130,14 +239,16 @@ impl<'a> Meter<'a> {
         self.xact_start.get_or_insert(t);
     }
 
+    /// A ReadyForQuery. `busy`: the client has more requests in flight (owed, or an
+    /// extended batch not yet synced), so the next request starts running now.
     #[inline]
-    fn ready(&mut self, status: u8, still_owed: bool) {
+    fn ready(&mut self, status: u8, busy: bool) {
         let now = Instant::now();
         self.stats.query_count += 1;
         if let Some(t) = self.query_start.take() {
             self.stats.query_time += now.duration_since(t).as_micros() as u64;
         }
-        if still_owed {
+        if busy {
             self.query_start = Some(now);
         }
         if status == b'I' {
@@ -145,7 +256,51 @@ impl<'a> Meter<'a> {
             if let Some(t) = self.xact_start.take() {
                 self.stats.xact_time += now.duration_since(t).as_micros() as u64;
             }
+            // A pipelined request after an idle ReadyForQuery opens the next transaction.
+            if busy {
+                self.xact_start = Some(now);
+            }
         }
+    }
+
+    /// The earliest timeout deadline in the current state, and which one it is.
+    /// PgBouncer's clocks: query_timeout from the start of the running request,
+    /// transaction_timeout from the transaction's first request, idle_transaction_timeout
+    /// from the ReadyForQuery (`T`/`E`) that left the server idle in a transaction.
+    fn deadline(&mut self, tracker: &Tracker) -> Option<(Instant, Expired)> {
+        let l = self.limits;
+        let idle_start =
+            if !l.idle_transaction.is_zero() && tracker.quiet() && tracker.tx_status() != b'I' {
+                let n = self.stats.query_count;
+                Some(match self.idle_mark {
+                    Some((m, t)) if m == n => t,
+                    _ => {
+                        let t = Instant::now();
+                        self.idle_mark = Some((n, t));
+                        t
+                    }
+                })
+            } else {
+                None
+            };
+        let mut best: Option<(Instant, Expired)> = None;
+        for (start, limit, what) in [
+            (self.query_start, l.query, Expired::Query),
+            (self.xact_start, l.transaction, Expired::Transaction),
+            (idle_start, l.idle_transaction, Expired::IdleTransaction),
+        ] {
+            // An absurdly large setting overflows Instant: that timeout never fires.
+            let Some(at) = start
+                .filter(|_| !limit.is_zero())
+                .and_then(|t| t.checked_add(limit))
+            else {
+                continue;
+            };
+            if best.is_none_or(|(b, _)| at < b) {
+                best = Some((at, what));
+            }
+        }
+        best
     }
 }
 
@@ -153,6 +308,252 @@ impl<'a> Meter<'a> {
 enum Stop {
     Terminate,
     Statement,
+    OutOfStep,
+}
+
+/// Replaces `buf[at..at + remove]` by `insert`, moving what follows.
+fn splice(buf: &mut BytesMut, at: usize, remove: usize, insert: &[u8]) {
+    let old = buf.len();
+    let tail = at + remove;
+    if insert.len() <= remove {
+        buf[at..at + insert.len()].copy_from_slice(insert);
+        buf.copy_within(tail..old, at + insert.len());
+        buf.truncate(old - (remove - insert.len()));
+    } else {
+        let extra = insert.len() - remove;
+        buf.resize(old + extra, 0);
+        buf.copy_within(tail..old, tail + extra);
+        buf[at..at + insert.len()].copy_from_slice(insert);
+    }
+}
+
+/// Prepared statements on: scans client bytes off the front of the buffer into `out`,
+/// rewriting named Parse/Bind/Describe/Close; other messages are copied as they arrive.
+fn scan_client_prepared(
+    side: &mut Side<'_>,
+    cs: &mut ClientStatements,
+    sp: &mut ServerStatements,
+    tracker: &mut Tracker,
+    meter: &mut Meter<'_>,
+    max: u32,
+) -> Result<Option<Stop>, FrameError> {
+    let mut now = None;
+    side.want = 0;
+    let Some(out) = side.out.as_deref_mut() else {
+        return Ok(None);
+    };
+    loop {
+        if out.len() >= HIGH_WATER {
+            return Ok(None);
+        }
+        let avail = side.buf.len();
+        if avail == 0 {
+            return Ok(None);
+        }
+        if side.skip > 0 {
+            let n = side.skip.min(avail);
+            out.extend_from_slice(&side.buf[..n]);
+            side.buf.advance(n);
+            side.skip -= n;
+            continue;
+        }
+        let Some(h) = peek_header(&side.buf[..], max)? else {
+            return Ok(None);
+        };
+        if h.tag == b'X' {
+            side.buf.clear();
+            return Ok(Some(Stop::Terminate));
+        }
+        let (consumed, skip) =
+            match cs.client_step(out, &side.buf[..], h.tag, h.frame_len(), tracker, sp) {
+                Some(Step::Need(n)) => {
+                    side.want = n;
+                    return Ok(None);
+                }
+                Some(Step::Stall) => return Ok(None),
+                Some(Step::Done { consumed, skip }) => (consumed, skip),
+                None => {
+                    tracker.client_msg(h.tag);
+                    let n = h.frame_len().min(avail);
+                    out.extend_from_slice(&side.buf[..n]);
+                    (n, h.frame_len() - n)
+                }
+            };
+        side.buf.advance(consumed);
+        side.skip = skip;
+        match h.tag {
+            b'Q' | b'F' | b'S' | b'P' | b'B' | b'E' => meter.request(&mut now),
+            _ => {}
+        }
+        match h.tag {
+            b'P' => meter.stats.client_parse_count += 1,
+            b'B' => meter.stats.bind_count += 1,
+            _ => {}
+        }
+        if tracker.has_outcomes() {
+            cs.settle(tracker, sp);
+        }
+    }
+}
+
+/// Writes the synthesised answers at the head of the queue into the server-to-client
+/// stream at the scan position (a message boundary).
+fn emit_synths(
+    side: &mut Side<'_>,
+    tracker: &mut Tracker,
+    cs: &mut ClientStatements,
+    sp: &mut ServerStatements,
+) {
+    while let Some(sy) = tracker.take_synth() {
+        let tag = match sy {
+            Synth::ParseComplete => b'1',
+            Synth::CloseComplete => b'3',
+        };
+        splice(side.buf, side.fwd, 0, &[tag, 0, 0, 0, 4]);
+        side.fwd += 5;
+    }
+    if tracker.has_outcomes() {
+        cs.settle(tracker, sp);
+    }
+}
+
+/// Prepared statements on: as `scan_server`, and ParseComplete/CloseComplete of injected
+/// messages are dropped, synthesised answers inserted in order, ErrorResponses put in the
+/// client's terms, and DEALLOCATE ALL / DISCARD ALL noticed.
+#[allow(clippy::too_many_arguments)]
+fn scan_server_prepared(
+    side: &mut Side<'_>,
+    tracker: &mut Tracker,
+    cs: &mut ClientStatements,
+    sp: &mut ServerStatements,
+    server_params: &mut ServerParams,
+    client_params: &mut ClientParams,
+    meter: &mut Meter<'_>,
+    mode: PoolMode,
+    max: u32,
+) -> Result<Option<Stop>, FrameError> {
+    side.want = 0;
+    loop {
+        if side.skip == 0 && tracker.synth_ready() {
+            emit_synths(side, tracker, cs, sp);
+        }
+        let avail = side.buf.len() - side.fwd;
+        if avail == 0 {
+            return Ok(None);
+        }
+        if side.skip > 0 {
+            let n = side.skip.min(avail);
+            side.fwd += n;
+            side.skip -= n;
+            continue;
+        }
+        let Some(h) = peek_header(&side.buf[side.fwd..], max)? else {
+            return Ok(None);
+        };
+        let len = h.frame_len();
+        match h.tag {
+            b'Z' | b'S' | b'1' | b'3' | b'E' | b'C' => {
+                if avail < len {
+                    side.want = len;
+                    return Ok(None);
+                }
+                let at = side.fwd;
+                match h.tag {
+                    b'Z' | b'S' => {
+                        if let Some(stop) = whole_z_or_s(
+                            side,
+                            h,
+                            tracker,
+                            server_params,
+                            client_params,
+                            meter,
+                            mode,
+                        ) {
+                            return Ok(Some(stop));
+                        }
+                        if h.tag == b'Z' && tracker.tx_status() == b'I' {
+                            sp.transaction_ended(tracker.ready_seq());
+                        }
+                    }
+                    b'E' => {
+                        let msg = &side.buf[at..at + len];
+                        let instead = match cs.replacement(tracker) {
+                            Some(r) => Some(r.to_vec()),
+                            None => cs.on_error(msg, tracker, sp),
+                        };
+                        tracker.server_msg(b'E', 0);
+                        match instead {
+                            Some(r) => {
+                                splice(side.buf, at, len, &r);
+                                side.fwd += r.len();
+                            }
+                            None => side.fwd += len,
+                        }
+                    }
+                    b'C' => {
+                        if prepared::clears_all(&side.buf[at..at + len]) {
+                            if let Some(seq) = tracker.head_seq() {
+                                cs.deallocated_all(seq, sp);
+                            }
+                        }
+                        tracker.server_msg(b'C', 0);
+                        side.fwd += len;
+                    }
+                    tag => {
+                        if tag == b'1' {
+                            meter.stats.server_parse_count += 1;
+                        }
+                        match tracker.server_msg(tag, 0) {
+                            ServerAction::Swallow => splice(side.buf, at, len, &[]),
+                            ServerAction::Forward => side.fwd += len,
+                        }
+                    }
+                }
+                cs.settle(tracker, sp);
+            }
+            tag => {
+                tracker.server_msg(tag, 0);
+                let n = len.min(avail);
+                side.fwd += n;
+                side.skip = len - n;
+            }
+        }
+        if tracker.desync() {
+            return Ok(Some(Stop::OutOfStep));
+        }
+    }
+}
+
+/// A whole ReadyForQuery or ParameterStatus at the scan position: reads it and moves past.
+fn whole_z_or_s(
+    side: &mut Side<'_>,
+    h: crate::proto::Header,
+    tracker: &mut Tracker,
+    server_params: &mut ServerParams,
+    client_params: &mut ClientParams,
+    meter: &mut Meter<'_>,
+    mode: PoolMode,
+) -> Option<Stop> {
+    let body = &side.buf[side.fwd + 5..side.fwd + h.frame_len()];
+    if h.tag == b'Z' {
+        let status = body.first().copied().unwrap_or(b'I');
+        tracker.server_msg(b'Z', status);
+        meter.ready(status, !tracker.quiet());
+        if mode == PoolMode::Statement && status != b'I' {
+            side.buf.truncate(side.fwd);
+            return Some(Stop::Statement);
+        }
+    } else {
+        let mut pos = 0;
+        if let (Some(k), Some(v)) = (read_cstr(body, &mut pos), read_cstr(body, &mut pos)) {
+            server_params.set(k, v);
+            if client_params.get(k).is_some() {
+                client_params.set(k, v);
+            }
+        }
+    }
+    side.fwd += h.frame_len();
+    None
 }
 
 /// Scans client bytes: every message's tag goes to the tracker; Terminate is kept back.
@@ -232,7 +633,7 @@ fn scan_server(
                 if h.tag == b'Z' {
                     let status = body.first().copied().unwrap_or(b'I');
                     tracker.server_msg(b'Z', status);
-                    meter.ready(status, tracker.owed() > 0);
+                    meter.ready(status, !tracker.quiet());
                     if mode == PoolMode::Statement && status != b'I' {
                         side.buf.truncate(side.fwd);
                         return Ok(Some(Stop::Statement));
@@ -278,27 +679,73 @@ pub async fn relay(
     mode: PoolMode,
     max_packet: u32,
 ) -> RelayEnd {
+    relay_with(
+        client, cbuf, server, tracker, params, meter, mode, max_packet, None,
+    )
+    .await
+}
+
+/// [`relay`], with protocol-level prepared statements rewritten when `prepared` is given:
+/// the client's statements and the buffer its rewritten bytes go through.
+#[allow(clippy::too_many_arguments)]
+pub async fn relay_with(
+    client: &mut Stream,
+    cbuf: &mut BytesMut,
+    server: &mut ServerConn,
+    tracker: &mut Tracker,
+    params: &mut ClientParams,
+    meter: &mut Meter<'_>,
+    mode: PoolMode,
+    max_packet: u32,
+    prepared: Option<(&mut ClientStatements, &mut BytesMut)>,
+) -> RelayEnd {
     let ServerConn {
         stream: sstream,
         rbuf,
+        prepared: sprep,
         params: sparams,
+        info: sinfo,
+        fast_close,
         ..
     } = server;
     let mut c = Side::new(cbuf);
     let mut s = Side::new(rbuf);
+    let mut cs = match prepared {
+        Some((cs, out)) => {
+            out.clear();
+            c.out = Some(out);
+            Some(cs)
+        }
+        None => None,
+    };
     let mut terminating = false;
+    // The lease's one timer, created the first time a deadline exists.
+    let timed = meter.limits.any();
+    let mut timer = std::pin::pin!(None::<tokio::time::Sleep>);
+    let mut armed: Option<Instant> = None;
 
     // Bytes already buffered (the request that triggered the lease) are scanned first.
     meter.stats.bytes_received += c.buf.len() as u64;
     meter.stats.bytes_sent += s.buf.len() as u64;
-    match scan_client(&mut c, tracker, meter, max_packet) {
+    let scanned = match cs.as_deref_mut() {
+        None => scan_client(&mut c, tracker, meter, max_packet),
+        Some(cs) => scan_client_prepared(&mut c, cs, sprep, tracker, meter, max_packet),
+    };
+    match scanned {
         Err(e) => return RelayEnd::ClientProtocol(e),
         Ok(Some(Stop::Terminate)) => terminating = true,
         _ => {}
     }
-    match scan_server(&mut s, tracker, sparams, params, meter, mode, max_packet) {
+    let scanned = match cs.as_deref_mut() {
+        None => scan_server(&mut s, tracker, sparams, params, meter, mode, max_packet),
+        Some(cs) => scan_server_prepared(
+            &mut s, tracker, cs, sprep, sparams, params, meter, mode, max_packet,
+        ),
+    };
+    match scanned {
         Err(e) => return RelayEnd::ServerProtocol(e),
         Ok(Some(Stop::Statement)) => return RelayEnd::StatementViolation,
+        Ok(Some(Stop::OutOfStep)) => return RelayEnd::ServerOutOfStep,
         _ => {}
     }
 
@@ -317,7 +764,7 @@ pub async fn relay(
             Poll::Pending => {}
         }
 
-        if terminating && c.fwd == 0 {
+        if terminating && c.flushed() {
             if tracker.quiet() && s.drained() {
                 return Poll::Ready(RelayEnd::ClientTerminated);
             }
@@ -328,10 +775,23 @@ pub async fn relay(
         if mode != PoolMode::Session
             && tracker.may_release()
             && s.drained()
-            && c.fwd == 0
+            && c.flushed()
             && c.skip == 0
         {
             return Poll::Ready(RelayEnd::Release);
+        }
+        // Checked before the client's next request is read: an idle session is ended
+        // when it next speaks, a busy one at the end of its transaction.
+        if *fast_close
+            && tracker.may_release()
+            && s.drained()
+            && c.flushed()
+            && c.skip == 0
+            && sinfo
+                .close_needed
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Poll::Ready(RelayEnd::FastClose);
         }
 
         if s.wants_read() {
@@ -340,10 +800,21 @@ pub async fn relay(
                 Poll::Ready(Ok(n)) => {
                     progress = true;
                     meter.stats.bytes_sent += n as u64;
-                    match scan_server(&mut s, tracker, sparams, params, meter, mode, max_packet) {
+                    let scanned = match cs.as_deref_mut() {
+                        None => {
+                            scan_server(&mut s, tracker, sparams, params, meter, mode, max_packet)
+                        }
+                        Some(cs) => scan_server_prepared(
+                            &mut s, tracker, cs, sprep, sparams, params, meter, mode, max_packet,
+                        ),
+                    };
+                    match scanned {
                         Err(e) => return Poll::Ready(RelayEnd::ServerProtocol(e)),
                         Ok(Some(Stop::Statement)) => {
                             return Poll::Ready(RelayEnd::StatementViolation);
+                        }
+                        Ok(Some(Stop::OutOfStep)) => {
+                            return Poll::Ready(RelayEnd::ServerOutOfStep);
                         }
                         _ => {}
                     }
@@ -358,20 +829,208 @@ pub async fn relay(
                 Poll::Ready(Ok(n)) => {
                     progress = true;
                     meter.stats.bytes_received += n as u64;
-                    match scan_client(&mut c, tracker, meter, max_packet) {
+                    let scanned = match cs.as_deref_mut() {
+                        None => scan_client(&mut c, tracker, meter, max_packet),
+                        Some(cs) => {
+                            scan_client_prepared(&mut c, cs, sprep, tracker, meter, max_packet)
+                        }
+                    };
+                    match scanned {
                         Err(e) => return Poll::Ready(RelayEnd::ClientProtocol(e)),
                         Ok(Some(Stop::Terminate)) => terminating = true,
-                        Ok(None) => {}
-                        Ok(Some(Stop::Statement)) => {}
+                        Ok(_) => {}
                     }
                 }
                 Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ClientGone),
                 Poll::Pending => {}
             }
         }
+        if let Some(cs) = cs.as_deref_mut() {
+            // Client bytes that waited (a stall on earlier batches, now maybe settled),
+            // and answers pgsluice synthesises, which need no server bytes to go out.
+            if !terminating && !c.buf.is_empty() && c.want <= c.buf.len() {
+                let before = c.buf.len();
+                match scan_client_prepared(&mut c, cs, sprep, tracker, meter, max_packet) {
+                    Err(e) => return Poll::Ready(RelayEnd::ClientProtocol(e)),
+                    Ok(Some(Stop::Terminate)) => terminating = true,
+                    Ok(_) => {}
+                }
+                progress |= c.buf.len() != before || terminating;
+            }
+            if s.skip == 0 && tracker.synth_ready() {
+                emit_synths(&mut s, tracker, cs, sprep);
+                progress = true;
+            }
+            if tracker.desync() {
+                return Poll::Ready(RelayEnd::ServerOutOfStep);
+            }
+        }
         if !progress {
+            if timed {
+                if let Some(what) = poll_deadline(cx, meter, tracker, timer.as_mut(), &mut armed) {
+                    let in_sync = s.drained() && s.skip == 0;
+                    return Poll::Ready(RelayEnd::Timeout { what, in_sync });
+                }
+            }
             return Poll::Pending;
         }
     })
     .await
+}
+
+/// Points the lease's timer at the current deadline (moving it only when the deadline
+/// moved) and polls it, so the relay is woken when it passes. `Some` = it has passed.
+fn poll_deadline(
+    cx: &mut Context<'_>,
+    meter: &mut Meter<'_>,
+    tracker: &Tracker,
+    mut timer: Pin<&mut Option<tokio::time::Sleep>>,
+    armed: &mut Option<Instant>,
+) -> Option<Expired> {
+    // No deadline: a timer left from an earlier one may still wake the relay once;
+    // that wake-up finds no progress and goes back to sleep.
+    let (at, what) = meter.deadline(tracker)?;
+    if *armed != Some(at) {
+        *armed = Some(at);
+        let when = tokio::time::Instant::from_std(at);
+        match timer.as_mut().as_pin_mut() {
+            Some(t) => t.reset(when),
+            None => timer.set(Some(tokio::time::sleep_until(when))),
+        }
+    }
+    let t = timer.as_pin_mut()?;
+    t.poll(cx).is_ready().then_some(what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::TxStats;
+
+    const Q: Duration = Duration::from_secs(3);
+    const IDLE: Duration = Duration::from_secs(5);
+    const XACT: Duration = Duration::from_secs(7);
+
+    fn limits() -> Timeouts {
+        Timeouts {
+            query: Q,
+            idle_transaction: IDLE,
+            transaction: XACT,
+        }
+    }
+
+    /// The client sends `tag` (as scan_client does).
+    fn send(t: &mut Tracker, m: &mut Meter<'_>, tag: u8) {
+        t.client_msg(tag);
+        m.request(&mut None);
+    }
+
+    /// The server answers ReadyForQuery `status` (as scan_server does).
+    fn ready(t: &mut Tracker, m: &mut Meter<'_>, status: u8) {
+        t.server_msg(b'Z', status);
+        m.ready(status, !t.quiet());
+    }
+
+    #[test]
+    fn no_timeouts_no_deadline() {
+        let mut stats = TxStats::default();
+        let mut m = Meter::new(&mut stats);
+        let mut t = Tracker::default();
+        assert!(!m.limits.any());
+        send(&mut t, &mut m, b'Q');
+        assert_eq!(m.deadline(&t), None);
+        ready(&mut t, &mut m, b'T');
+        assert_eq!(m.deadline(&t), None);
+    }
+
+    #[test]
+    fn running_query_is_bounded_by_query_timeout() {
+        let mut stats = TxStats::default();
+        let mut m = Meter::new(&mut stats).with_timeouts(limits());
+        let mut t = Tracker::default();
+        send(&mut t, &mut m, b'Q');
+        let start = m.query_start.expect("request start");
+        assert_eq!(m.deadline(&t), Some((start + Q, Expired::Query)));
+        ready(&mut t, &mut m, b'I');
+        assert_eq!(m.deadline(&t), None, "an idle server has no deadline");
+    }
+
+    #[test]
+    fn idle_in_transaction_counts_from_the_last_ready_for_query() {
+        let mut stats = TxStats::default();
+        let mut m = Meter::new(&mut stats).with_timeouts(Timeouts {
+            idle_transaction: IDLE,
+            ..Default::default()
+        });
+        let mut t = Tracker::default();
+        send(&mut t, &mut m, b'Q');
+        assert_eq!(m.deadline(&t), None, "busy is not idle");
+        ready(&mut t, &mut m, b'T');
+        let (first, what) = m.deadline(&t).expect("idle in transaction");
+        assert_eq!(what, Expired::IdleTransaction);
+        assert_eq!(
+            m.deadline(&t).map(|d| d.0),
+            Some(first),
+            "stable while idle"
+        );
+        // A whole request/answer cycle between two looks still starts a new stretch.
+        std::thread::sleep(Duration::from_millis(2));
+        send(&mut t, &mut m, b'Q');
+        ready(&mut t, &mut m, b'E');
+        let (second, _) = m.deadline(&t).expect("idle in a failed transaction");
+        assert!(second > first);
+        send(&mut t, &mut m, b'Q');
+        ready(&mut t, &mut m, b'I');
+        assert_eq!(m.deadline(&t), None);
+    }
+
+    #[test]
+    fn transaction_timeout_runs_from_the_first_request() {
+        let mut stats = TxStats::default();
+        let mut m = Meter::new(&mut stats).with_timeouts(Timeouts {
+            transaction: XACT,
+            ..Default::default()
+        });
+        let mut t = Tracker::default();
+        send(&mut t, &mut m, b'Q');
+        let begun = m.xact_start.expect("transaction start");
+        ready(&mut t, &mut m, b'T');
+        send(&mut t, &mut m, b'Q');
+        ready(&mut t, &mut m, b'T');
+        assert_eq!(m.deadline(&t), Some((begun + XACT, Expired::Transaction)));
+        send(&mut t, &mut m, b'Q');
+        ready(&mut t, &mut m, b'I');
+        assert_eq!(m.deadline(&t), None);
+    }
+
+    #[test]
+    fn pipelined_request_after_idle_opens_the_next_transaction() {
+        let mut stats = TxStats::default();
+        let mut m = Meter::new(&mut stats).with_timeouts(limits());
+        let mut t = Tracker::default();
+        send(&mut t, &mut m, b'Q');
+        send(&mut t, &mut m, b'Q');
+        ready(&mut t, &mut m, b'I');
+        assert!(m.query_start.is_some() && m.xact_start.is_some());
+        let (_, what) = m.deadline(&t).expect("second query running");
+        assert_eq!(what, Expired::Query, "the shortest deadline wins");
+        ready(&mut t, &mut m, b'I');
+        assert_eq!(m.deadline(&t), None);
+        assert_eq!(m.stats.xact_count, 2);
+    }
+
+    #[test]
+    fn huge_timeouts_never_fire_and_never_panic() {
+        let mut stats = TxStats::default();
+        let mut m = Meter::new(&mut stats).with_timeouts(Timeouts {
+            query: Duration::MAX,
+            idle_transaction: Duration::MAX,
+            transaction: Duration::MAX,
+        });
+        let mut t = Tracker::default();
+        send(&mut t, &mut m, b'Q');
+        assert_eq!(m.deadline(&t), None);
+        ready(&mut t, &mut m, b'T');
+        assert_eq!(m.deadline(&t), None);
+    }
 }

@@ -65,6 +65,8 @@ pub struct ClientInfo {
     pub killed: AtomicBool,
     pub kill_reason: Mutex<String>,
     pub kill_notify: Notify,
+    /// Protocol-level prepared statements in this client's map (SHOW CLIENTS).
+    pub prepared_statements: AtomicU64,
 }
 
 impl ClientInfo {
@@ -99,6 +101,7 @@ impl ClientInfo {
             killed: AtomicBool::new(false),
             kill_reason: Mutex::new(String::new()),
             kill_notify: Notify::new(),
+            prepared_statements: AtomicU64::new(0),
         }
     }
 
@@ -174,6 +177,8 @@ pub struct ServerInfo {
     pub link: AtomicU64,
     pub close_needed: AtomicBool,
     pub application_name: Mutex<String>,
+    /// Protocol-level prepared statements this server has (SHOW SERVERS).
+    pub prepared_statements: AtomicU64,
 }
 
 impl ServerInfo {
@@ -198,6 +203,7 @@ impl ServerInfo {
             link: AtomicU64::new(0),
             close_needed: AtomicBool::new(false),
             application_name: Mutex::new(String::new()),
+            prepared_statements: AtomicU64::new(0),
         }
     }
 

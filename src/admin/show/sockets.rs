@@ -266,6 +266,7 @@ fn socket_row(
     link: u64,
     remote_pid: i32,
     application_name: String,
+    prepared_statements: u64,
     debug: bool,
 ) -> Vec<Option<String>> {
     let mut r = vec![
@@ -294,8 +295,7 @@ fn socket_row(
         // No TLS yet: PgBouncer leaves the column empty for plain sockets.
         txt(""),
         txt(application_name),
-        // Prepared statements are not tracked per connection yet.
-        num(0),
+        num(prepared_statements),
         num(id),
     ];
     if debug {
@@ -324,6 +324,7 @@ fn client_row(c: &Ctx, i: &ClientInfo, state: &str, debug: bool) -> Vec<Option<S
         // credentials); pgsluice does not record it, so 0, as for TCP clients.
         0,
         i.application_name.lock().clone(),
+        i.prepared_statements.load(Relaxed),
         debug,
     )
 }
@@ -346,6 +347,7 @@ fn server_row(p: &Pool, s: &ServerInfo, state: &str, debug: bool) -> Vec<Option<
         s.link.load(Relaxed),
         s.remote_pid,
         s.application_name.lock().clone(),
+        s.prepared_statements.load(Relaxed),
         debug,
     )
 }
