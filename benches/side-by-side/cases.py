@@ -1,0 +1,30 @@
+"""The cases of the side-by-side bench (issue 7), in the order they run."""
+
+class Case:
+    """One pgbench invocation, run against every target (or only the poolers)."""
+
+    def __init__(self, key, title, clients, args, poolers_only=False, latency=False, balance=False,
+                 group="select"):
+        self.key = key
+        self.title = title
+        self.clients = clients
+        self.args = args
+        self.poolers_only = poolers_only
+        self.latency = latency
+        self.balance = balance
+        self.group = group
+
+
+CASES = [
+    Case("select-c20", "-S, 20 clients", 20, ["-S"]),
+    Case("select-c200", "-S, 200 clients", 200, ["-S"], poolers_only=True),
+    Case("select-c1000", "-S, 1,000 clients", 1000, ["-S"], poolers_only=True, latency=True),
+    Case("select-c1", "-S, 1 client", 1, ["-S"], latency=True),
+    Case("connect-c8", "-S -C, 8 clients", 8, ["-S", "-C"], group="connect"),
+    Case("simple-c50", "-S -M simple, 50 clients", 50, ["-S", "-M", "simple"], group="protocol"),
+    Case("extended-c50", "-S -M extended, 50 clients", 50, ["-S", "-M", "extended"], group="protocol"),
+    Case("prepared-c50", "-S -M prepared, 50 clients", 50, ["-S", "-M", "prepared"], group="protocol"),
+    Case("tpcb-c100", "TPC-B, 100 clients", 100, [], balance=True, group="tpcb"),
+]
+
+CASE_BY_KEY = {c.key: c for c in CASES}
