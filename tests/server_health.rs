@@ -1028,3 +1028,109 @@ async fn server_fast_close_ends_sessions_at_the_transaction_boundary() {
     let fresh = pooled(&p, db, user).await;
     assert_ne!(backend_pid(&fresh).await, idle_pid);
 }
+
+// ------------------------------------------------------------------ 6. unused pools
+
+/// Server connections of `db` in pg_stat_activity.
+async fn backends_of(db: &str) -> i64 {
+    cluster()
+        .superuser()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
+            &[&db],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0)
+}
+
+/// Waits until `cond` holds for SHOW `what` (checked every 250 ms, up to `secs`).
+async fn until_show(
+    p: &Pooler,
+    what: &str,
+    secs: u64,
+    cond: impl Fn(&[HashMap<String, String>]) -> bool,
+) -> bool {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        if cond(&show(p, what).await) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    false
+}
+
+fn has_db(rows: &[HashMap<String, String>], db: &str) -> bool {
+    rows.iter().any(|r| {
+        r.get("database").map(String::as_str) == Some(db)
+            || r.get("name").map(String::as_str) == Some(db)
+    })
+}
+
+/// A database served through the `*` entry is freed after autodb_idle_timeout without
+/// clients: its idle servers are closed and it leaves SHOW POOLS and SHOW DATABASES. The
+/// next client recreates it.
+#[tokio::test(flavor = "multi_thread")]
+async fn autodb_is_freed_after_autodb_idle_timeout() {
+    let (db, user) = ("sh_autodb_db", "sh_autodb_user");
+    prepare(db, user).await;
+    let p = start(
+        &[format!("* = host=127.0.0.1 port={}", cluster().port())],
+        "pool_mode = transaction\nautodb_idle_timeout = 2",
+        &[user],
+    );
+    let c = pooled(&p, db, user).await;
+    assert_eq!(value(&c, "SELECT 7").await.expect("SELECT"), "7");
+    assert!(has_db(&show(&p, "POOLS").await, db));
+    assert!(has_db(&show(&p, "DATABASES").await, db));
+    assert_eq!(backends_of(db).await, 1);
+
+    // Not freed while a client is connected, even past the timeout.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(has_db(&show(&p, "POOLS").await, db), "{}", p.log());
+    drop(c);
+
+    assert!(
+        until_show(&p, "POOLS", 15, |r| !has_db(r, db)).await,
+        "pool not freed\n{}",
+        p.log()
+    );
+    assert!(!has_db(&show(&p, "DATABASES").await, db), "{}", p.log());
+    let end = Instant::now() + Duration::from_secs(10);
+    while backends_of(db).await != 0 && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(backends_of(db).await, 0, "server left open");
+
+    let c = pooled(&p, db, user).await;
+    assert_eq!(value(&c, "SELECT 8").await.expect("SELECT again"), "8");
+}
+
+/// pool_idle_timeout frees a configured database's pool once it has had no client and no
+/// server for that long; the database entry stays (it is in the config).
+#[tokio::test(flavor = "multi_thread")]
+async fn empty_pool_is_freed_after_pool_idle_timeout() {
+    let (db, user) = ("sh_poolidle_db", "sh_poolidle_user");
+    prepare(db, user).await;
+    let p = start(
+        &[format!(
+            "{db} = host=127.0.0.1 port={} dbname={db}",
+            cluster().port()
+        )],
+        "pool_mode = transaction\nserver_idle_timeout = 1\npool_idle_timeout = 1",
+        &[user],
+    );
+    let c = pooled(&p, db, user).await;
+    assert_eq!(value(&c, "SELECT 1").await.expect("SELECT"), "1");
+    drop(c);
+    assert!(
+        until_show(&p, "POOLS", 15, |r| !has_db(r, db)).await,
+        "pool not freed\n{}",
+        p.log()
+    );
+    assert!(has_db(&show(&p, "DATABASES").await, db));
+    let c = pooled(&p, db, user).await;
+    assert_eq!(value(&c, "SELECT 2").await.expect("SELECT again"), "2");
+}

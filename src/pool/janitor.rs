@@ -5,23 +5,87 @@
 //! to close; refreshing DNS answers and retiring servers whose address left them; a retry
 //! for clients still queued after the fast-fail window; and keeping min_pool_size. Growth
 //! for waiting clients is never throttled by this tick; it happens on demand in `pool.rs`.
+//! It also frees pools nobody uses: auto-databases (from the `*` entry) after
+//! autodb_idle_timeout without clients, other pools after pool_idle_timeout empty.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use super::Pool;
 use crate::control::App;
 
 /// Runs until the process exits.
 pub async fn run(app: Arc<App>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut unused = Unused::default();
     loop {
         tick.tick().await;
         ensure_forced_user_pools(&app);
         for p in app.registry.all() {
             p.maintain(p.clients.get() > 0);
         }
+        unused.free(&app, Instant::now());
     }
+}
+
+/// Since when each pool has been unused, by (database, user).
+#[derive(Default)]
+struct Unused {
+    since: HashMap<(String, String), Instant>,
+}
+
+impl Unused {
+    /// An auto-database pool without clients for autodb_idle_timeout has its idle servers
+    /// closed and is freed (with its database entry once no pool of it is left); any other
+    /// pool without clients and servers for pool_idle_timeout is freed. 0 = never.
+    fn free(&mut self, app: &App, now: Instant) {
+        let cfg = app.config.load();
+        let g = &cfg.general;
+        let pools = app.registry.all();
+        self.since
+            .retain(|k, _| pools.iter().any(|p| p.db_name == k.0 && p.user_name == k.1));
+        for p in pools {
+            let auto = !cfg.databases.contains_key(&p.db_name);
+            let limit = if auto {
+                g.autodb_idle_timeout
+            } else {
+                g.pool_idle_timeout
+            };
+            let key = (p.db_name.clone(), p.user_name.clone());
+            if limit.is_zero() || !unused(&p, auto) {
+                self.since.remove(&key);
+                continue;
+            }
+            let since = *self.since.entry(key.clone()).or_insert(now);
+            if now.duration_since(since) < limit {
+                continue;
+            }
+            if auto {
+                p.close_idle();
+            }
+            if app.registry.free_if_unused(&p) {
+                self.since.remove(&key);
+                tracing::info!(
+                    "{}/{}: pool freed after {}s unused",
+                    p.db_name,
+                    p.user_name,
+                    limit.as_secs()
+                );
+                if auto && app.registry.free_database_if_unused(&p.db_name) {
+                    tracing::info!("{}: auto-database freed", p.db_name);
+                }
+            }
+        }
+    }
+}
+
+/// No client on the pool (and, outside auto-databases, no server either: those pools wait
+/// for server_idle_timeout to close theirs first).
+fn unused(p: &Pool, auto: bool) -> bool {
+    let c = p.counts();
+    p.clients.get() == 0 && c.waiting == 0 && (auto || c.is_empty())
 }
 
 /// A database entry with a forced user and a min_pool_size gets its pool without waiting

@@ -92,6 +92,13 @@ pub struct PoolCounts {
     pub waiting: u32,
 }
 
+impl PoolCounts {
+    /// No server (idle, leased or connecting) and nobody waiting.
+    pub fn is_empty(&self) -> bool {
+        self.total == 0 && self.connecting == 0 && self.waiting == 0
+    }
+}
+
 pub struct Pool {
     pub db_name: String,
     pub user_name: String,

@@ -69,6 +69,76 @@ impl Registry {
             .clone()
     }
 
+    /// Takes one client slot of database `name` (within `max`, 0 = unlimited) and returns
+    /// its shared state; `None` when the limit is reached. Retries if the janitor freed the
+    /// entry between the lookup and the slot being taken, so a client never counts
+    /// against an orphaned entry.
+    pub fn db_client_acquire(&self, name: &str, max: u32) -> Option<Arc<Shared>> {
+        loop {
+            let s = self.db_shared(name);
+            if !s.clients.try_acquire(max) {
+                return None;
+            }
+            if self.dbs.get(name).is_some_and(|c| Arc::ptr_eq(&c, &s)) {
+                return Some(s);
+            }
+            s.clients.release();
+        }
+    }
+
+    /// The pool for (db, user) with one more client counted on it (see `get_or_create`).
+    /// Retries if the janitor freed the pool between the lookup and the count.
+    pub fn attach_client(
+        &self,
+        cfg: &Config,
+        users: &UserList,
+        db: &Database,
+        user: &str,
+    ) -> Arc<Pool> {
+        loop {
+            let pool = self.get_or_create(cfg, users, db, user);
+            pool.clients.try_acquire(0);
+            if self
+                .pools
+                .get(&(db.name.clone(), user.to_string()))
+                .is_some_and(|c| Arc::ptr_eq(&c, &pool))
+            {
+                return pool;
+            }
+            pool.clients.release();
+        }
+    }
+
+    /// Frees `pool` if it is still registered and has no client, no waiter and no server
+    /// (pool_idle_timeout, autodb_idle_timeout). Its statistics go with it. Checked under
+    /// the map's lock, which `attach_client` also takes after counting its client, so a
+    /// client that is attaching is never left on a freed pool.
+    pub fn free_if_unused(&self, pool: &Arc<Pool>) -> bool {
+        let key = (pool.db_name.clone(), pool.user_name.clone());
+        self.pools
+            .remove_if(&key, |_, v| {
+                Arc::ptr_eq(v, pool) && pool.clients.get() == 0 && pool.counts().is_empty()
+            })
+            .is_some()
+    }
+
+    /// Frees the shared state of database `name` (an auto-database past
+    /// autodb_idle_timeout) once no pool of it is left and nothing counts on it; it then
+    /// vanishes from SHOW DATABASES. A paused or disabled database keeps its state.
+    pub fn free_database_if_unused(&self, name: &str) -> bool {
+        if self.pools.iter().any(|e| e.key().0 == name) {
+            return false;
+        }
+        self.dbs
+            .remove_if(name, |_, s| {
+                s.clients.get() == 0
+                    && s.servers.get() == 0
+                    && !s.disabled.load(std::sync::atomic::Ordering::Acquire)
+                    && !s.gate.is_paused()
+            })
+            .is_some()
+    }
+
     pub fn get(&self, db: &str, user: &str) -> Option<Arc<Pool>> {
         self.pools
             .get(&(db.to_string(), user.to_string()))

@@ -125,8 +125,9 @@ impl CancelRegistry {
     }
 
     /// Handles a CancelRequest. Unknown keys, wrong secrets and idle clients are dropped
-    /// silently, as PostgreSQL does.
-    pub async fn cancel(&self, pid: i32, secret: i32) {
+    /// silently, as PostgreSQL does. Forwarding to the server is bounded by `wait`
+    /// (cancel_wait_timeout); past it the cancel socket is closed without a message.
+    pub async fn cancel(&self, pid: i32, secret: i32, wait: Duration) {
         let Some(slot) = self.map.get(&pid).map(|s| s.clone()) else {
             tracing::debug!("failed cancel request: unknown key");
             return;
@@ -150,9 +151,10 @@ impl CancelRegistry {
             st.inflight += 1;
             k
         };
-        let r = tokio::time::timeout(Duration::from_secs(10), send_cancel(&key)).await;
-        if !matches!(r, Ok(Ok(()))) {
-            tracing::warn!("cancel request to {} failed", key.addr);
+        match tokio::time::timeout(wait, send_cancel(&key)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("cancel request to {} failed: {e}", key.addr),
+            Err(_) => tracing::warn!("cancel request to {}: cancel_wait_timeout", key.addr),
         }
         slot.state.lock().inflight -= 1;
         slot.done.notify_waiters();

@@ -235,7 +235,14 @@ pub async fn login(
     let (minor, raw) = match read_startup(stream, &mut out).await? {
         None => return Ok(Outcome::Done),
         Some(StartupPacket::Cancel { pid, secret }) => {
-            app.cancels.cancel(pid, secret).await;
+            let g = &app.config.load().general;
+            // 0 leaves the wait to server_connect_timeout: a cancel is never unbounded.
+            let wait = if g.cancel_wait_timeout.is_zero() {
+                g.server_connect_timeout
+            } else {
+                g.cancel_wait_timeout
+            };
+            app.cancels.cancel(pid, secret, wait).await;
             return Ok(Outcome::Done);
         }
         Some(StartupPacket::Startup { minor, params, .. }) => (minor, params),
@@ -288,15 +295,14 @@ pub async fn login(
         ));
     }
     let release_global = Guard(Some(&app.clients));
-    let db_shared = app.registry.db_shared(&db.name);
     let db_max = db
         .max_db_client_connections
         .unwrap_or(g.max_db_client_connections);
-    if !db_shared.clients.try_acquire(db_max) {
+    let Some(db_shared) = app.registry.db_client_acquire(&db.name, db_max) else {
         return Err(PgError::fatal(
             "client connections exceeded (max_db_client_connections)",
         ));
-    }
+    };
     let release_db = Guard(Some(&db_shared.clients));
     let user_max = cfg
         .users
@@ -326,13 +332,12 @@ pub async fn login(
     .await?;
     backend::auth_ok(&mut out);
 
-    let pool = app.registry.get_or_create(&cfg, &users, &db, &pool_user);
+    let pool = app.registry.attach_client(&cfg, &users, &db, &pool_user);
     if let Some(k) = keys {
         if db.user.is_none() {
             pool.set_scram_keys(k);
         }
     }
-    pool.clients.try_acquire(0);
     // From here the slots are owned by the session.
     std::mem::forget(release_global);
     std::mem::forget(release_db);
