@@ -929,3 +929,104 @@ fn toml_takes_the_key_too() {
         Some("[::1]:9127")
     );
 }
+
+/// Protocol-level prepared statements with max_prepared_statements = 2, one server: the
+/// server statement cache's hits, misses and evictions on /metrics, the parse and bind
+/// counts in SHOW STATS (and their exporter families), and `prepared_statements` in SHOW
+/// CLIENTS / SERVERS, all for a sequence whose exact numbers are known.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statement_counters() {
+    let (p, port) = start("admin_users = postgres\nmax_prepared_statements = 2\n");
+    let mut c = common::RawClient::connect(p.port).await;
+    c.login_trust("postgres", "postgres").await.expect("login");
+    async fn batch(c: &mut common::RawClient) -> String {
+        c.send_sync().await;
+        let m = tokio::time::timeout(Duration::from_secs(10), c.recv_until(b'Z'))
+            .await
+            .expect("answer within 10 s");
+        assert!(!m.iter().any(|m| m.is_error()), "{m:?}");
+        m.iter().map(|m| m.tag as char).collect()
+    }
+    async fn exec(c: &mut common::RawClient, name: &str) -> String {
+        c.send_bind("", name, &[]).await;
+        c.send_execute("", 0).await;
+        batch(c).await
+    }
+    // Three statements on a server that keeps two: Parse s0, s1 (misses), s2 (a miss
+    // that evicts s0).
+    for k in 0..3 {
+        c.send_parse(&format!("s{k}"), &format!("SELECT {k}"), &[])
+            .await;
+        assert_eq!(batch(&mut c).await, "1Z");
+    }
+    // s0 again: injected Parse (miss, evicts s1); then a hit; Describe s2 is a hit; s1:
+    // a miss that evicts s2.
+    assert_eq!(exec(&mut c, "s0").await, "2DCZ");
+    assert_eq!(exec(&mut c, "s0").await, "2DCZ");
+    c.send_describe(b'S', "s2").await;
+    assert_eq!(batch(&mut c).await, "tTZ");
+    assert_eq!(exec(&mut c, "s1").await, "2DCZ");
+    // Another client prepares a statement the pool knows, holding no server: answered
+    // without one, a hit.
+    let mut other = common::RawClient::connect(p.port).await;
+    other
+        .login_trust("postgres", "postgres")
+        .await
+        .expect("login");
+    // Parse and Sync in one write: only a whole Parse + Sync is answered without a server.
+    other.cork();
+    other.send_parse("mine", "SELECT 0", &[]).await;
+    other.send_sync().await;
+    other.uncork().await;
+    let m = tokio::time::timeout(Duration::from_secs(10), other.recv_until(b'Z'))
+        .await
+        .expect("answer within 10 s");
+    assert_eq!(m.iter().map(|m| m.tag as char).collect::<String>(), "1Z");
+
+    let db = [("database", "postgres")];
+    let s = scrape_until(port, "the prepared statement counters", |s| {
+        value(s, "pgsluice_prepared_cache_hits_total", &db) == Some(3.0)
+            && value(s, "pgbouncer_stats_totals_binds_total", &db) == Some(3.0)
+    })
+    .await;
+    assert_eq!(must(&s, "pgsluice_prepared_cache_hits_total", &db), 3.0);
+    assert_eq!(must(&s, "pgsluice_prepared_cache_misses_total", &db), 5.0);
+    assert_eq!(
+        must(&s, "pgsluice_prepared_cache_evictions_total", &db),
+        3.0
+    );
+    assert_eq!(must(&s, "pgsluice_prepared_statements_cached", &[]), 3.0);
+    assert_eq!(
+        must(&s, "pgbouncer_stats_totals_client_parses_total", &db),
+        4.0
+    );
+    // Every Parse the server answered: 3 forwarded, 2 injected.
+    assert_eq!(
+        must(&s, "pgbouncer_stats_totals_server_parses_total", &db),
+        5.0
+    );
+
+    let stats = console_show(p.port, "STATS").await;
+    let row = stats
+        .iter()
+        .find(|r| r.get("database").map(String::as_str) == Some("postgres"))
+        .expect("SHOW STATS row");
+    assert_eq!(row["total_client_parse_count"], "4");
+    assert_eq!(row["total_server_parse_count"], "5");
+    assert_eq!(row["total_bind_count"], "3");
+    let mut counts: Vec<String> = console_show(p.port, "CLIENTS")
+        .await
+        .into_iter()
+        .filter(|r| r.get("database").map(String::as_str) == Some("postgres"))
+        .map(|r| r["prepared_statements"].clone())
+        .collect();
+    counts.sort();
+    assert_eq!(counts, ["1", "3"], "SHOW CLIENTS prepared_statements");
+    let servers: Vec<String> = console_show(p.port, "SERVERS")
+        .await
+        .into_iter()
+        .filter(|r| r.get("database").map(String::as_str) == Some("postgres"))
+        .map(|r| r["prepared_statements"].clone())
+        .collect();
+    assert_eq!(servers, ["2"], "SHOW SERVERS prepared_statements");
+}

@@ -141,9 +141,8 @@ async fn tokio_postgres_statements_survive_transactions_on_any_server() {
         servers_seen > 1,
         "statements were never used on a second server"
     );
-    // SHOW CLIENTS / SERVERS count statements.
-    let admin = connect(p.port, "pgbouncer", &user, None).await;
-    drop(admin);
+    // SHOW CLIENTS / SERVERS `prepared_statements`: tests/metrics.rs
+    // (prepared_statement_counters) checks exact numbers.
 }
 
 /// pgbench -M prepared and -M extended, 100 clients over a pool of 10: no failures.
@@ -198,7 +197,12 @@ async fn pgbench_prepared_and_extended() {
 #[tokio::test(flavor = "multi_thread")]
 async fn eviction_with_a_small_cache() {
     let (db, user) = setup("evict").await;
-    let p = Arc::new(start_pooler(&db, &user, 2, "max_prepared_statements = 2"));
+    let p = Arc::new(start_pooler(
+        &db,
+        &user,
+        2,
+        &format!("max_prepared_statements = 2\nadmin_users = {user}\n"),
+    ));
     let mut tasks = Vec::new();
     for id in 0..6i32 {
         let p = p.clone();
@@ -224,23 +228,41 @@ async fn eviction_with_a_small_cache() {
     for t in tasks {
         within(120, "client", t).await.expect("client task");
     }
-    // No server holds more than two of our statements.
-    let pg = cluster();
-    let su = pg.superuser().await;
-    drop(su);
-    let admin = connect(p.port, "pgbouncer", "pgbouncer", None).await;
-    if let Ok(admin) = admin {
-        if let Ok(rows) = admin.simple_query("SHOW SERVERS").await {
-            for m in rows {
-                if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
-                    if let Some(n) = r.get("prepared_statements") {
-                        let n: u64 = n.parse().unwrap_or(0);
-                        assert!(n <= 2, "a server holds {n} statements");
-                    }
-                }
+    // No server holds more than two of our statements (SHOW SERVERS), and SHOW STATS
+    // counted the evictions' price: more server parses than the 10 statements.
+    let admin = connect(p.port, "pgbouncer", &user, None)
+        .await
+        .unwrap_or_else(|e| panic!("admin console: {e:?}\n{}", p.log()));
+    let rows = admin
+        .simple_query("SHOW SERVERS")
+        .await
+        .expect("SHOW SERVERS");
+    let mut servers = 0;
+    for m in rows {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            if r.get("database") != Some(db.as_str()) {
+                continue;
             }
+            let n: u64 = r
+                .get("prepared_statements")
+                .and_then(|n| n.parse().ok())
+                .expect("prepared_statements column");
+            assert!(n <= 2, "a server holds {n} statements");
+            servers += usize::from(n > 0);
         }
     }
+    assert!(servers > 0, "no server with statements in SHOW SERVERS");
+    let rows = admin.simple_query("SHOW STATS").await.expect("SHOW STATS");
+    let parses: u64 = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) if r.get("database") == Some(&db) => r
+                .get("total_server_parse_count")
+                .and_then(|n| n.parse().ok()),
+            _ => None,
+        })
+        .expect("SHOW STATS row");
+    assert!(parses > 10, "server parses {parses}");
 }
 
 // ------------------------------------------------------------------ semantics
@@ -521,4 +543,220 @@ async fn client_gone_mid_pipeline() {
         c.query_one(&s, &[&7i32]).await.expect("q").get::<_, i32>(0),
         7
     );
+}
+
+/// PgBouncer #1038, on two servers, through Bind and Describe('S'): DDL changes the result
+/// type of a statement every server has prepared. Old handles answer as on a direct
+/// connection ("cached plan must not change result type", 0A000, for good — never rows of
+/// a shape the client was not described), and preparing again works at once on every
+/// server, including one that still holds the stale plan: no RECONNECT.
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_plan_after_ddl_and_preparing_again() {
+    let (db, user) = setup("stale").await;
+    let su = cluster().connect(&db, &user, None).await.expect("direct");
+    su.batch_execute("CREATE TABLE t (a int); INSERT INTO t VALUES (1)")
+        .await
+        .expect("create");
+    let p = start_pooler(&db, &user, 2, "");
+    let mut a = raw(&p, &db, &user).await;
+    let mut b = raw(&p, &db, &user).await;
+
+    async fn begin(c: &mut RawClient) {
+        c.send_query("BEGIN").await;
+        let m = within(10, "begin", c.recv_until(b'Z')).await;
+        assert_eq!(m.last().map(|m| m.ready_status()), Some(b'T'));
+    }
+    async fn query(c: &mut RawClient, sql: &str) {
+        c.send_query(sql).await;
+        let m = within(10, sql, c.recv_until(b'Z')).await;
+        assert!(!m.iter().any(|m| m.is_error()), "{sql}: {m:?}");
+    }
+    async fn exec(c: &mut RawClient, name: &str, what: &str) -> Vec<Msg> {
+        c.send_bind("", name, &[]).await;
+        c.send_execute("", 0).await;
+        c.send_sync().await;
+        let m = within(10, what, c.recv_until(b'Z')).await;
+        no_internal_names(&m);
+        m
+    }
+    /// PostgreSQL's own stale-plan error, routine field included (asyncpg relies on it).
+    fn stale(m: &[Msg]) {
+        assert_eq!(tags(m), "EZ", "{m:?}");
+        assert_eq!(m[0].sqlstate(), "0A000");
+        assert_eq!(m[0].message(), "cached plan must not change result type");
+        assert_eq!(m[0].field(b'R').as_deref(), Some("RevalidateCachedQuery"));
+    }
+    /// Both clients in a transaction at once: each holds its own server.
+    async fn on_both_servers(a: &mut RawClient, b: &mut RawClient) {
+        begin(a).await;
+        begin(b).await;
+        let mut pids = Vec::new();
+        for c in [a, b] {
+            c.send_query("SELECT pg_backend_pid()").await;
+            let m = within(10, "pid", c.recv_until(b'Z')).await;
+            let d = m.iter().find(|m| m.tag == b'D').expect("pid row");
+            pids.push(d.text_columns()[0].clone().unwrap_or_default());
+        }
+        assert_ne!(pids[0], pids[1], "two transactions at once on one server?");
+    }
+
+    // Both servers prepare "s".
+    on_both_servers(&mut a, &mut b).await;
+    for c in [&mut a, &mut b] {
+        c.send_parse("s", "SELECT * FROM t", &[]).await;
+        let m = exec(c, "s", "warm").await;
+        assert_eq!(tags(&m), "12DCZ", "{m:?}");
+    }
+    query(&mut a, "COMMIT").await;
+    query(&mut b, "COMMIT").await;
+
+    su.batch_execute("ALTER TABLE t ADD COLUMN b int")
+        .await
+        .expect("alter");
+
+    // Old handles fail as on a direct connection, on both servers, every time.
+    on_both_servers(&mut a, &mut b).await;
+    stale(&exec(&mut a, "s", "a after DDL").await);
+    stale(&exec(&mut b, "s", "b after DDL").await);
+    query(&mut a, "ROLLBACK").await;
+    query(&mut b, "ROLLBACK").await;
+    for c in [&mut a, &mut b] {
+        stale(&exec(c, "s", "old handle again").await);
+        c.send_describe(b'S', "s").await;
+        c.send_sync().await;
+        let m = within(10, "describe old handle", c.recv_until(b'Z')).await;
+        stale(&m);
+    }
+
+    // Preparing again works on both servers at once, though one of them may still hold
+    // the stale plan under the statement's old server-side name.
+    on_both_servers(&mut a, &mut b).await;
+    a.send_close(b'S', "s").await;
+    a.send_parse("s", "SELECT * FROM t", &[]).await;
+    a.send_describe(b'S', "s").await;
+    a.send_sync().await;
+    let m = within(10, "prepare again", a.recv_until(b'Z')).await;
+    assert_eq!(tags(&m), "31tTZ", "{m:?}\n{}", p.log());
+    b.send_parse("s2", "SELECT * FROM t", &[]).await;
+    b.send_sync().await;
+    assert_eq!(tags(&within(10, "b", b.recv_until(b'Z')).await), "1Z");
+    for (c, name) in [(&mut a, "s"), (&mut b, "s2")] {
+        let m = exec(c, name, "after preparing again").await;
+        assert_eq!(tags(&m), "2DCZ", "{m:?}\n{}", p.log());
+        assert_eq!(m[1].text_columns().len(), 2);
+    }
+    query(&mut a, "COMMIT").await;
+    query(&mut b, "COMMIT").await;
+    // New clients too (tokio-postgres), on whichever server.
+    let c1 = pg_client(&p, &db, &user).await;
+    let c2 = pg_client(&p, &db, &user).await;
+    let s1 = c1
+        .prepare("SELECT * FROM t")
+        .await
+        .expect("prepare after DDL");
+    let s2 = c2
+        .prepare("SELECT * FROM t")
+        .await
+        .expect("prepare after DDL");
+    assert_eq!(s1.columns().len(), 2);
+    for _ in 0..6 {
+        let (x, y) = tokio::join!(c1.query(&s1, &[]), c2.query(&s2, &[]));
+        assert_eq!(x.expect("query after DDL")[0].len(), 2);
+        assert_eq!(y.expect("query after DDL")[0].len(), 2);
+    }
+
+    // Describe('S') meets a stale plan too (PostgreSQL revalidates for it): a client that
+    // prepares the text after the next DDL shares the cached statement, its Describe
+    // fails with the stale-plan error, and preparing again works.
+    su.batch_execute("ALTER TABLE t ADD COLUMN c int")
+        .await
+        .expect("alter again");
+    let mut d = raw(&p, &db, &user).await;
+    d.send_parse("x", "SELECT * FROM t", &[]).await;
+    d.send_describe(b'S', "x").await;
+    d.send_sync().await;
+    let m = within(10, "describe after DDL", d.recv_until(b'Z')).await;
+    no_internal_names(&m);
+    // ParameterDescription goes out before PostgreSQL revalidates for RowDescription.
+    assert_eq!(tags(&m), "1tEZ", "{m:?}");
+    assert_eq!(m[2].sqlstate(), "0A000");
+    stale(&exec(&mut d, "x", "bind after the failed describe").await);
+    stale(&exec(&mut a, "s", "a's statement, invalidated by d's error").await);
+    d.send_close(b'S', "x").await;
+    d.send_parse("x", "SELECT * FROM t", &[]).await;
+    d.send_describe(b'S', "x").await;
+    d.send_bind("", "x", &[]).await;
+    d.send_execute("", 0).await;
+    d.send_sync().await;
+    let m = within(10, "prepare again", d.recv_until(b'Z')).await;
+    assert_eq!(tags(&m), "31tT2DCZ", "{m:?}\n{}", p.log());
+    assert_eq!(m[5].text_columns().len(), 3);
+}
+
+/// Server errors that name a statement (wrong parameter count on Bind) say the client's
+/// name; a standalone Describe('S') of a statement the server evicted gets it parsed
+/// again first (answer swallowed); unnamed statements pass through untouched. No
+/// `PGSLUICE_` name in any answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn internal_names_never_reach_the_client() {
+    let (db, user) = setup("leak").await;
+    let p = start_pooler(&db, &user, 1, "max_prepared_statements = 1");
+    let mut c = raw(&p, &db, &user).await;
+    async fn batch(c: &mut RawClient, what: &str) -> Vec<Msg> {
+        c.send_sync().await;
+        let m = within(10, what, c.recv_until(b'Z')).await;
+        no_internal_names(&m);
+        m
+    }
+    // A named statement's own error from the server.
+    c.send_parse("s1", "SELECT $1::int4", &[]).await;
+    assert_eq!(tags(&batch(&mut c, "parse s1").await), "1Z");
+    c.send_bind("", "s1", &[]).await;
+    c.send_execute("", 0).await;
+    let m = batch(&mut c, "bind with too few parameters").await;
+    assert_eq!(tags(&m), "EZ");
+    assert_eq!(m[0].sqlstate(), "08P01");
+    assert!(
+        m[0].message().contains("prepared statement \"s1\""),
+        "{:?}",
+        m[0]
+    );
+    // s2 evicts s1 (capacity 1); a standalone Describe of s1 parses it again unseen.
+    c.send_parse("s2", "SELECT 2::int4, $1::text", &[]).await;
+    assert_eq!(tags(&batch(&mut c, "parse s2").await), "1Z");
+    c.send_describe(b'S', "s1").await;
+    let m = batch(&mut c, "describe evicted s1").await;
+    assert_eq!(tags(&m), "tTZ", "{m:?}");
+    c.send_describe(b'S', "s2").await;
+    c.send_bind("", "s2", &[Some(b"x")]).await;
+    c.send_execute("", 0).await;
+    let m = batch(&mut c, "describe and run s2").await;
+    assert_eq!(tags(&m), "tT2DCZ", "{m:?}");
+    assert_eq!(
+        m[3].text_columns(),
+        [Some("2".to_string()), Some("x".to_string())]
+    );
+    // Unnamed statements: untouched, errors included.
+    c.send_parse("", "SELECT $1::int4 + 1", &[]).await;
+    c.send_describe(b'S', "").await;
+    c.send_bind("", "", &[Some(b"41")]).await;
+    c.send_execute("", 0).await;
+    let m = batch(&mut c, "unnamed").await;
+    assert_eq!(tags(&m), "1tT2DCZ", "{m:?}");
+    assert_eq!(m[4].text_columns()[0].as_deref(), Some("42"));
+    c.send_bind("", "", &[]).await;
+    c.send_execute("", 0).await;
+    let m = batch(&mut c, "unnamed, too few parameters").await;
+    assert_eq!(tags(&m), "EZ");
+    assert!(
+        m[0].message().contains("prepared statement \"\""),
+        "{:?}",
+        m[0]
+    );
+    // The named ones still work after all that.
+    c.send_bind("", "s1", &[Some(b"7")]).await;
+    c.send_execute("", 0).await;
+    let m = batch(&mut c, "s1 again").await;
+    assert_eq!(tags(&m), "2DCZ", "{m:?}");
+    assert_eq!(m[1].text_columns()[0].as_deref(), Some("7"));
 }

@@ -203,6 +203,7 @@ async fn run(app: &App, stream: &mut Stream, mut s: Session) -> End {
             ) {
                 s.pool.stats.add(&TxStats {
                     client_parse_count: 1,
+                    prepared_cache_hits: 1,
                     ..Default::default()
                 });
                 info.prepared_statements
@@ -308,6 +309,10 @@ async fn run(app: &App, stream: &mut Stream, mut s: Session) -> End {
             .info
             .prepared_statements
             .store(server.prepared.len() as u64, Ordering::Relaxed);
+        let cache = std::mem::take(&mut stmts.counters);
+        tx.prepared_cache_hits += cache.hits;
+        tx.prepared_cache_misses += cache.misses;
+        tx.prepared_cache_evictions += cache.evictions;
         s.pool.stats.add(&tx);
         crate::stats::prometheus::lease_done(&s.pool, &tx);
         info.set_state(ClientState::Idle);

@@ -46,6 +46,10 @@ counters!(
     server_parse_count,
     bind_count,
     client_login_count,
+    // Not in SHOW STATS (PgBouncer has no such columns): exported on /metrics only.
+    prepared_cache_hits,
+    prepared_cache_misses,
+    prepared_cache_evictions,
 );
 
 /// What one lease produced, accumulated locally by the relay and added to the pool's
@@ -71,6 +75,9 @@ pub fn averages(delta: &Snapshot, period_secs: u64) -> Snapshot {
         server_parse_count: delta.server_parse_count / p,
         bind_count: delta.bind_count / p,
         client_login_count: delta.client_login_count / p,
+        prepared_cache_hits: delta.prepared_cache_hits / p,
+        prepared_cache_misses: delta.prepared_cache_misses / p,
+        prepared_cache_evictions: delta.prepared_cache_evictions / p,
     }
 }
 

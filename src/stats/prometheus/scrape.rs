@@ -481,7 +481,7 @@ struct PoolExtra {
 
 fn extras(app: &App, pools: &Table, x: &mut Expo) {
     let mut by_pool: HashMap<(String, String), PoolExtra> = HashMap::new();
-    let mut logins: BTreeMap<String, Snapshot> = BTreeMap::new();
+    let mut totals: BTreeMap<String, Snapshot> = BTreeMap::new();
     for p in app.registry.all() {
         let s = p.settings();
         let limit = [s.pool_size, s.max_db_connections, s.max_user_connections]
@@ -497,7 +497,7 @@ fn extras(app: &App, pools: &Table, x: &mut Expo) {
             (p.db_name.clone(), p.user_name.clone()),
             PoolExtra { limit, fast_fail },
         );
-        let st = logins.entry(p.db_name.clone()).or_default();
+        let st = totals.entry(p.db_name.clone()).or_default();
         *st = st.plus(&p.stats.snapshot());
     }
 
@@ -574,13 +574,47 @@ fn extras(app: &App, pools: &Table, x: &mut Expo) {
         "counter",
         "Total number of client logins (total_client_login_count of PgBouncer after 1.25.2)",
     );
-    for (db, s) in &logins {
+    for (db, s) in &totals {
         x.int(
             "pgsluice_stats_client_logins_total",
             &[("database", db.as_str())],
             s.client_login_count,
         );
     }
+    // Protocol-level prepared statements (max_prepared_statements): how often the leased
+    // server already had what a client's Parse/Bind/Describe needed.
+    for (name, help, value) in [
+        (
+            "pgsluice_prepared_cache_hits_total",
+            "Named Parse, Bind and Describe messages whose statement the server already had prepared (no Parse sent)",
+            (|s: &Snapshot| s.prepared_cache_hits) as fn(&Snapshot) -> u64,
+        ),
+        (
+            "pgsluice_prepared_cache_misses_total",
+            "Named Parse, Bind and Describe messages for which pgsluice sent the server a Parse (forwarded or injected)",
+            |s: &Snapshot| s.prepared_cache_misses,
+        ),
+        (
+            "pgsluice_prepared_cache_evictions_total",
+            "Prepared statements closed on a server to stay within max_prepared_statements",
+            |s: &Snapshot| s.prepared_cache_evictions,
+        ),
+    ] {
+        x.family(name, "counter", help);
+        for (db, s) in &totals {
+            x.int(name, &[("database", db.as_str())], value(s));
+        }
+    }
+    x.family(
+        "pgsluice_prepared_statements_cached",
+        "gauge",
+        "Distinct prepared statements (query text and parameter types) held by clients or servers, process-wide",
+    );
+    x.int(
+        "pgsluice_prepared_statements_cached",
+        &[],
+        crate::session::prepared::cached() as u64,
+    );
     x.family(
         "pgsluice_client_connections",
         "gauge",

@@ -13,24 +13,32 @@
 //! created when first needed and reset only when the deadline moves: the deadline is
 //! worked out from the meter's clocks each time the future is about to sleep, never per
 //! message.
+//!
+//! `meter.rs` keeps the lease's counters, clocks and timeouts; `prepared_scan.rs` the
+//! scans used when protocol-level prepared statements are rewritten.
+
+mod meter;
+mod prepared_scan;
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWrite;
 use tokio_util::io::poll_read_buf;
 
 use super::params::ClientParams;
-use super::prepared::{self, ClientStatements, ServerStatements, Step};
-use super::tracker::{ClientAction, ServerAction, Synth, Tracker};
+use super::prepared::ClientStatements;
+use super::tracker::{ClientAction, Tracker};
 use crate::config::PoolMode;
 use crate::net::Stream;
 use crate::proto::frame::{peek_header, read_cstr, FrameError};
 use crate::server::{ServerConn, ServerParams};
 
+pub use meter::{Expired, Meter, Timeouts};
+use prepared_scan::{emit_synths, scan_client_prepared, scan_server_prepared};
 /// Stop reading a side once this much of its output is waiting to be written.
 const HIGH_WATER: usize = 64 * 1024;
 /// Read in chunks of at least this much spare capacity.
@@ -67,42 +75,6 @@ pub enum RelayEnd {
         what: Expired,
         in_sync: bool,
     },
-}
-
-/// The client-side timeouts of one lease; zero = off.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Timeouts {
-    /// query_timeout: a request unanswered for this long.
-    pub query: Duration,
-    /// idle_transaction_timeout: the server idle inside a transaction for this long.
-    pub idle_transaction: Duration,
-    /// transaction_timeout: a transaction open for this long.
-    pub transaction: Duration,
-}
-
-impl Timeouts {
-    pub fn any(&self) -> bool {
-        !(self.query.is_zero() && self.idle_transaction.is_zero() && self.transaction.is_zero())
-    }
-}
-
-/// Which timeout ended the relay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expired {
-    Query,
-    IdleTransaction,
-    Transaction,
-}
-
-impl Expired {
-    /// PgBouncer's disconnect reason, sent to the client as FATAL 08P01.
-    pub fn message(self) -> &'static str {
-        match self {
-            Expired::Query => "query timeout",
-            Expired::IdleTransaction => "idle transaction timeout",
-            Expired::Transaction => "transaction timeout",
-        }
-    }
 }
 
 /// One direction's buffer: `buf[..fwd]` is scanned and ready to write; `skip` bytes of
@@ -200,328 +172,11 @@ impl<'a> Side<'a> {
     }
 }
 
-/// Counters and clocks of one lease: bytes each way, queries (ReadyForQuery), transactions
-/// (ReadyForQuery back to idle), and their times.
-pub struct Meter<'a> {
-    pub stats: &'a mut crate::stats::TxStats,
-    /// When the oldest unanswered request was sent.
-    query_start: Option<Instant>,
-    /// When the current transaction's first request was sent.
-    xact_start: Option<Instant>,
-    limits: Timeouts,
-    /// Start of the current idle-in-transaction stretch, with the ReadyForQuery count it
-    /// began at: a later ReadyForQuery starts a new stretch even if no wake-up saw the
-    /// server busy in between.
-    idle_mark: Option<(u64, Instant)>,
-}
-
-impl<'a> Meter<'a> {
-    pub fn new(stats: &'a mut crate::stats::TxStats) -> Self {
-        Meter {
-            stats,
-            query_start: None,
-            xact_start: None,
-            limits: Timeouts::default(),
-            idle_mark: None,
-        }
-    }
-
-    /// Enforce these timeouts during the relay.
-    pub fn with_timeouts(mut self, limits: Timeouts) -> Self {
-        self.limits = limits;
-        self
-    }
-
-    #[inline]
-    fn request(&mut self, now: &mut Option<Instant>) {
-        let t = *now.get_or_insert_with(Instant::now);
-        self.query_start.get_or_insert(t);
-        self.xact_start.get_or_insert(t);
-    }
-
-    /// A ReadyForQuery. `busy`: the client has more requests in flight (owed, or an
-    /// extended batch not yet synced), so the next request starts running now.
-    #[inline]
-    fn ready(&mut self, status: u8, busy: bool) {
-        let now = Instant::now();
-        self.stats.query_count += 1;
-        if let Some(t) = self.query_start.take() {
-            self.stats.query_time += now.duration_since(t).as_micros() as u64;
-        }
-        if busy {
-            self.query_start = Some(now);
-        }
-        if status == b'I' {
-            self.stats.xact_count += 1;
-            if let Some(t) = self.xact_start.take() {
-                self.stats.xact_time += now.duration_since(t).as_micros() as u64;
-            }
-            // A pipelined request after an idle ReadyForQuery opens the next transaction.
-            if busy {
-                self.xact_start = Some(now);
-            }
-        }
-    }
-
-    /// The earliest timeout deadline in the current state, and which one it is.
-    /// PgBouncer's clocks: query_timeout from the start of the running request,
-    /// transaction_timeout from the transaction's first request, idle_transaction_timeout
-    /// from the ReadyForQuery (`T`/`E`) that left the server idle in a transaction.
-    fn deadline(&mut self, tracker: &Tracker) -> Option<(Instant, Expired)> {
-        let l = self.limits;
-        let idle_start =
-            if !l.idle_transaction.is_zero() && tracker.quiet() && tracker.tx_status() != b'I' {
-                let n = self.stats.query_count;
-                Some(match self.idle_mark {
-                    Some((m, t)) if m == n => t,
-                    _ => {
-                        let t = Instant::now();
-                        self.idle_mark = Some((n, t));
-                        t
-                    }
-                })
-            } else {
-                None
-            };
-        let mut best: Option<(Instant, Expired)> = None;
-        for (start, limit, what) in [
-            (self.query_start, l.query, Expired::Query),
-            (self.xact_start, l.transaction, Expired::Transaction),
-            (idle_start, l.idle_transaction, Expired::IdleTransaction),
-        ] {
-            // An absurdly large setting overflows Instant: that timeout never fires.
-            let Some(at) = start
-                .filter(|_| !limit.is_zero())
-                .and_then(|t| t.checked_add(limit))
-            else {
-                continue;
-            };
-            if best.is_none_or(|(b, _)| at < b) {
-                best = Some((at, what));
-            }
-        }
-        best
-    }
-}
-
 /// What one scan of newly read bytes found that ends the relay.
 enum Stop {
     Terminate,
     Statement,
     OutOfStep,
-}
-
-/// Replaces `buf[at..at + remove]` by `insert`, moving what follows.
-fn splice(buf: &mut BytesMut, at: usize, remove: usize, insert: &[u8]) {
-    let old = buf.len();
-    let tail = at + remove;
-    if insert.len() <= remove {
-        buf[at..at + insert.len()].copy_from_slice(insert);
-        buf.copy_within(tail..old, at + insert.len());
-        buf.truncate(old - (remove - insert.len()));
-    } else {
-        let extra = insert.len() - remove;
-        buf.resize(old + extra, 0);
-        buf.copy_within(tail..old, tail + extra);
-        buf[at..at + insert.len()].copy_from_slice(insert);
-    }
-}
-
-/// Prepared statements on: scans client bytes off the front of the buffer into `out`,
-/// rewriting named Parse/Bind/Describe/Close; other messages are copied as they arrive.
-fn scan_client_prepared(
-    side: &mut Side<'_>,
-    cs: &mut ClientStatements,
-    sp: &mut ServerStatements,
-    tracker: &mut Tracker,
-    meter: &mut Meter<'_>,
-    max: u32,
-) -> Result<Option<Stop>, FrameError> {
-    let mut now = None;
-    side.want = 0;
-    let Some(out) = side.out.as_deref_mut() else {
-        return Ok(None);
-    };
-    loop {
-        if out.len() >= HIGH_WATER {
-            return Ok(None);
-        }
-        let avail = side.buf.len();
-        if avail == 0 {
-            return Ok(None);
-        }
-        if side.skip > 0 {
-            let n = side.skip.min(avail);
-            out.extend_from_slice(&side.buf[..n]);
-            side.buf.advance(n);
-            side.skip -= n;
-            continue;
-        }
-        let Some(h) = peek_header(&side.buf[..], max)? else {
-            return Ok(None);
-        };
-        if h.tag == b'X' {
-            side.buf.clear();
-            return Ok(Some(Stop::Terminate));
-        }
-        let (consumed, skip) =
-            match cs.client_step(out, &side.buf[..], h.tag, h.frame_len(), tracker, sp) {
-                Some(Step::Need(n)) => {
-                    side.want = n;
-                    return Ok(None);
-                }
-                Some(Step::Stall) => return Ok(None),
-                Some(Step::Done { consumed, skip }) => (consumed, skip),
-                None => {
-                    tracker.client_msg(h.tag);
-                    let n = h.frame_len().min(avail);
-                    out.extend_from_slice(&side.buf[..n]);
-                    (n, h.frame_len() - n)
-                }
-            };
-        side.buf.advance(consumed);
-        side.skip = skip;
-        match h.tag {
-            b'Q' | b'F' | b'S' | b'P' | b'B' | b'E' => meter.request(&mut now),
-            _ => {}
-        }
-        match h.tag {
-            b'P' => meter.stats.client_parse_count += 1,
-            b'B' => meter.stats.bind_count += 1,
-            _ => {}
-        }
-        if tracker.has_outcomes() {
-            cs.settle(tracker, sp);
-        }
-    }
-}
-
-/// Writes the synthesised answers at the head of the queue into the server-to-client
-/// stream at the scan position (a message boundary).
-fn emit_synths(
-    side: &mut Side<'_>,
-    tracker: &mut Tracker,
-    cs: &mut ClientStatements,
-    sp: &mut ServerStatements,
-) {
-    while let Some(sy) = tracker.take_synth() {
-        let tag = match sy {
-            Synth::ParseComplete => b'1',
-            Synth::CloseComplete => b'3',
-        };
-        splice(side.buf, side.fwd, 0, &[tag, 0, 0, 0, 4]);
-        side.fwd += 5;
-    }
-    if tracker.has_outcomes() {
-        cs.settle(tracker, sp);
-    }
-}
-
-/// Prepared statements on: as `scan_server`, and ParseComplete/CloseComplete of injected
-/// messages are dropped, synthesised answers inserted in order, ErrorResponses put in the
-/// client's terms, and DEALLOCATE ALL / DISCARD ALL noticed.
-#[allow(clippy::too_many_arguments)]
-fn scan_server_prepared(
-    side: &mut Side<'_>,
-    tracker: &mut Tracker,
-    cs: &mut ClientStatements,
-    sp: &mut ServerStatements,
-    server_params: &mut ServerParams,
-    client_params: &mut ClientParams,
-    meter: &mut Meter<'_>,
-    mode: PoolMode,
-    max: u32,
-) -> Result<Option<Stop>, FrameError> {
-    side.want = 0;
-    loop {
-        if side.skip == 0 && tracker.synth_ready() {
-            emit_synths(side, tracker, cs, sp);
-        }
-        let avail = side.buf.len() - side.fwd;
-        if avail == 0 {
-            return Ok(None);
-        }
-        if side.skip > 0 {
-            let n = side.skip.min(avail);
-            side.fwd += n;
-            side.skip -= n;
-            continue;
-        }
-        let Some(h) = peek_header(&side.buf[side.fwd..], max)? else {
-            return Ok(None);
-        };
-        let len = h.frame_len();
-        match h.tag {
-            b'Z' | b'S' | b'1' | b'3' | b'E' | b'C' => {
-                if avail < len {
-                    side.want = len;
-                    return Ok(None);
-                }
-                let at = side.fwd;
-                match h.tag {
-                    b'Z' | b'S' => {
-                        if let Some(stop) = whole_z_or_s(
-                            side,
-                            h,
-                            tracker,
-                            server_params,
-                            client_params,
-                            meter,
-                            mode,
-                        ) {
-                            return Ok(Some(stop));
-                        }
-                        if h.tag == b'Z' && tracker.tx_status() == b'I' {
-                            sp.transaction_ended(tracker.ready_seq());
-                        }
-                    }
-                    b'E' => {
-                        let msg = &side.buf[at..at + len];
-                        let instead = match cs.replacement(tracker) {
-                            Some(r) => Some(r.to_vec()),
-                            None => cs.on_error(msg, tracker, sp),
-                        };
-                        tracker.server_msg(b'E', 0);
-                        match instead {
-                            Some(r) => {
-                                splice(side.buf, at, len, &r);
-                                side.fwd += r.len();
-                            }
-                            None => side.fwd += len,
-                        }
-                    }
-                    b'C' => {
-                        if prepared::clears_all(&side.buf[at..at + len]) {
-                            if let Some(seq) = tracker.head_seq() {
-                                cs.deallocated_all(seq, sp);
-                            }
-                        }
-                        tracker.server_msg(b'C', 0);
-                        side.fwd += len;
-                    }
-                    tag => {
-                        if tag == b'1' {
-                            meter.stats.server_parse_count += 1;
-                        }
-                        match tracker.server_msg(tag, 0) {
-                            ServerAction::Swallow => splice(side.buf, at, len, &[]),
-                            ServerAction::Forward => side.fwd += len,
-                        }
-                    }
-                }
-                cs.settle(tracker, sp);
-            }
-            tag => {
-                tracker.server_msg(tag, 0);
-                let n = len.min(avail);
-                side.fwd += n;
-                side.skip = len - n;
-            }
-        }
-        if tracker.desync() {
-            return Ok(Some(Stop::OutOfStep));
-        }
-    }
 }
 
 /// A whole ReadyForQuery or ParameterStatus at the scan position: reads it and moves past.
@@ -900,137 +555,4 @@ fn poll_deadline(
     }
     let t = timer.as_pin_mut()?;
     t.poll(cx).is_ready().then_some(what)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::stats::TxStats;
-
-    const Q: Duration = Duration::from_secs(3);
-    const IDLE: Duration = Duration::from_secs(5);
-    const XACT: Duration = Duration::from_secs(7);
-
-    fn limits() -> Timeouts {
-        Timeouts {
-            query: Q,
-            idle_transaction: IDLE,
-            transaction: XACT,
-        }
-    }
-
-    /// The client sends `tag` (as scan_client does).
-    fn send(t: &mut Tracker, m: &mut Meter<'_>, tag: u8) {
-        t.client_msg(tag);
-        m.request(&mut None);
-    }
-
-    /// The server answers ReadyForQuery `status` (as scan_server does).
-    fn ready(t: &mut Tracker, m: &mut Meter<'_>, status: u8) {
-        t.server_msg(b'Z', status);
-        m.ready(status, !t.quiet());
-    }
-
-    #[test]
-    fn no_timeouts_no_deadline() {
-        let mut stats = TxStats::default();
-        let mut m = Meter::new(&mut stats);
-        let mut t = Tracker::default();
-        assert!(!m.limits.any());
-        send(&mut t, &mut m, b'Q');
-        assert_eq!(m.deadline(&t), None);
-        ready(&mut t, &mut m, b'T');
-        assert_eq!(m.deadline(&t), None);
-    }
-
-    #[test]
-    fn running_query_is_bounded_by_query_timeout() {
-        let mut stats = TxStats::default();
-        let mut m = Meter::new(&mut stats).with_timeouts(limits());
-        let mut t = Tracker::default();
-        send(&mut t, &mut m, b'Q');
-        let start = m.query_start.expect("request start");
-        assert_eq!(m.deadline(&t), Some((start + Q, Expired::Query)));
-        ready(&mut t, &mut m, b'I');
-        assert_eq!(m.deadline(&t), None, "an idle server has no deadline");
-    }
-
-    #[test]
-    fn idle_in_transaction_counts_from_the_last_ready_for_query() {
-        let mut stats = TxStats::default();
-        let mut m = Meter::new(&mut stats).with_timeouts(Timeouts {
-            idle_transaction: IDLE,
-            ..Default::default()
-        });
-        let mut t = Tracker::default();
-        send(&mut t, &mut m, b'Q');
-        assert_eq!(m.deadline(&t), None, "busy is not idle");
-        ready(&mut t, &mut m, b'T');
-        let (first, what) = m.deadline(&t).expect("idle in transaction");
-        assert_eq!(what, Expired::IdleTransaction);
-        assert_eq!(
-            m.deadline(&t).map(|d| d.0),
-            Some(first),
-            "stable while idle"
-        );
-        // A whole request/answer cycle between two looks still starts a new stretch.
-        std::thread::sleep(Duration::from_millis(2));
-        send(&mut t, &mut m, b'Q');
-        ready(&mut t, &mut m, b'E');
-        let (second, _) = m.deadline(&t).expect("idle in a failed transaction");
-        assert!(second > first);
-        send(&mut t, &mut m, b'Q');
-        ready(&mut t, &mut m, b'I');
-        assert_eq!(m.deadline(&t), None);
-    }
-
-    #[test]
-    fn transaction_timeout_runs_from_the_first_request() {
-        let mut stats = TxStats::default();
-        let mut m = Meter::new(&mut stats).with_timeouts(Timeouts {
-            transaction: XACT,
-            ..Default::default()
-        });
-        let mut t = Tracker::default();
-        send(&mut t, &mut m, b'Q');
-        let begun = m.xact_start.expect("transaction start");
-        ready(&mut t, &mut m, b'T');
-        send(&mut t, &mut m, b'Q');
-        ready(&mut t, &mut m, b'T');
-        assert_eq!(m.deadline(&t), Some((begun + XACT, Expired::Transaction)));
-        send(&mut t, &mut m, b'Q');
-        ready(&mut t, &mut m, b'I');
-        assert_eq!(m.deadline(&t), None);
-    }
-
-    #[test]
-    fn pipelined_request_after_idle_opens_the_next_transaction() {
-        let mut stats = TxStats::default();
-        let mut m = Meter::new(&mut stats).with_timeouts(limits());
-        let mut t = Tracker::default();
-        send(&mut t, &mut m, b'Q');
-        send(&mut t, &mut m, b'Q');
-        ready(&mut t, &mut m, b'I');
-        assert!(m.query_start.is_some() && m.xact_start.is_some());
-        let (_, what) = m.deadline(&t).expect("second query running");
-        assert_eq!(what, Expired::Query, "the shortest deadline wins");
-        ready(&mut t, &mut m, b'I');
-        assert_eq!(m.deadline(&t), None);
-        assert_eq!(m.stats.xact_count, 2);
-    }
-
-    #[test]
-    fn huge_timeouts_never_fire_and_never_panic() {
-        let mut stats = TxStats::default();
-        let mut m = Meter::new(&mut stats).with_timeouts(Timeouts {
-            query: Duration::MAX,
-            idle_transaction: Duration::MAX,
-            transaction: Duration::MAX,
-        });
-        let mut t = Tracker::default();
-        send(&mut t, &mut m, b'Q');
-        assert_eq!(m.deadline(&t), None);
-        ready(&mut t, &mut m, b'T');
-        assert_eq!(m.deadline(&t), None);
-    }
 }
