@@ -129,6 +129,7 @@ impl Rig {
                 "unix".to_owned(),
                 0,
                 4242,
+                String::new(),
             )),
             host_index: 0,
             lifetime_factor: 1.0,

@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::config::{Config, UserList};
+use crate::net::tls::TlsContexts;
 use crate::pool::{Counter, Registry};
 use crate::session::cancel::CancelRegistry;
 
@@ -24,6 +25,8 @@ pub enum ShutdownMode {
 
 pub struct App {
     pub config: ArcSwap<Config>,
+    /// TLS configurations built from `config` (files read at startup and on each reload).
+    pub tls: ArcSwap<TlsContexts>,
     pub userlist: ArcSwap<UserList>,
     pub registry: Registry,
     /// Logged-in clients by id, for SHOW CLIENTS / KILL_CLIENT.
@@ -45,10 +48,17 @@ pub struct App {
 }
 
 impl App {
+    /// An App whose TLS settings are the defaults (no files): for tests of other parts.
     pub fn new(config: Config, userlist: UserList) -> Arc<App> {
+        App::with_tls(config, userlist, TlsContexts::plain())
+    }
+
+    /// `tls` must have been built from `config` ([`TlsContexts::build`]).
+    pub fn with_tls(config: Config, userlist: UserList, tls: TlsContexts) -> Arc<App> {
         let (shutdown_tx, _) = watch::channel(false);
         Arc::new(App {
             config: ArcSwap::from_pointee(config),
+            tls: ArcSwap::from_pointee(tls),
             userlist: ArcSwap::from_pointee(userlist),
             registry: Registry::default(),
             client_records: dashmap::DashMap::new(),
@@ -115,8 +125,16 @@ impl App {
         }
     }
 
+    /// The text PgBouncer's console sends (as a NOTICE) when a RELOAD could not apply the
+    /// TLS settings.
+    pub const TLS_NOT_APPLIED: &'static str =
+        "TLS settings could not be applied, still using old configuration";
+
     /// RELOAD / SIGHUP: re-read config and auth file; keep the old ones on any error.
-    pub fn reload(&self) -> Result<(), crate::config::ConfigError> {
+    /// Certificate and key files are read again (rotation). If they do not load, the rest
+    /// of the configuration still applies and the TLS configuration in use stays, as in
+    /// PgBouncer: `Ok(false)` then (the console adds [`App::TLS_NOT_APPLIED`]).
+    pub fn reload(&self) -> Result<bool, crate::config::ConfigError> {
         let old = self.config.load_full();
         let Some(path) = old.conffile.clone() else {
             return Err(crate::config::ConfigError::Msg(
@@ -129,12 +147,23 @@ impl App {
         for w in &new.warnings {
             tracing::warn!("{w}");
         }
+        let tls = match TlsContexts::build(&new.general) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::error!("{}: {e}", App::TLS_NOT_APPLIED);
+                None
+            }
+        };
+        let applied = tls.is_some();
         self.config.store(Arc::new(new));
         self.userlist.store(Arc::new(users));
+        if let Some(t) = tls {
+            self.tls.store(Arc::new(t));
+        }
         let cfg = self.config.load_full();
         let ul = self.userlist.load_full();
-        self.registry.reconfigure_all(&cfg, &ul);
-        Ok(())
+        self.registry.reconfigure_all(&cfg, &self.tls.load(), &ul);
+        Ok(applied)
     }
 }
 

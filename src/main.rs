@@ -120,7 +120,16 @@ fn main() -> ExitCode {
         .user
         .clone()
         .or_else(|| (!g.user.is_empty()).then(|| g.user.clone()));
-    let app = App::new(config, users);
+    // TLS files are read before anything starts: a bad one stops startup (PgBouncer:
+    // "TLS setup failed").
+    let tls = match pgsluice::net::tls::TlsContexts::build(&config.general) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!("TLS setup failed: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let app = App::with_tls(config, users, tls);
     let code = rt.block_on(async {
         let listeners = match pgsluice::run::bind(&app) {
             Ok(l) => l,

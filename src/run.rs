@@ -185,7 +185,7 @@ async fn watch_auth_file(app: Arc<App>) {
                 tracing::info!("auth_file {} changed, reloaded", path.display());
                 let users = Arc::new(users);
                 app.userlist.store(users.clone());
-                app.registry.reconfigure_all(&cfg, &users);
+                app.registry.reconfigure_all(&cfg, &app.tls.load(), &users);
             }
             Err(e) => tracing::error!("auth_file {} not reloaded: {e}", path.display()),
         }

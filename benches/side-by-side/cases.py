@@ -4,7 +4,7 @@ class Case:
     """One pgbench invocation, run against every target (or only the poolers)."""
 
     def __init__(self, key, title, clients, args, poolers_only=False, latency=False, balance=False,
-                 group="select"):
+                 group="select", tls=None, optional=False):
         self.key = key
         self.title = title
         self.clients = clients
@@ -13,6 +13,11 @@ class Case:
         self.latency = latency
         self.balance = balance
         self.group = group
+        # None, "client" (clients → pooler over TLS) or "both" (pooler → PostgreSQL too).
+        # TLS cases run against a second pair of poolers with the same TLS settings.
+        self.tls = tls
+        # Optional cases run only when named in --cases.
+        self.optional = optional
 
 
 CASES = [
@@ -25,6 +30,12 @@ CASES = [
     Case("extended-c50", "-S -M extended, 50 clients", 50, ["-S", "-M", "extended"], group="protocol"),
     Case("prepared-c50", "-S -M prepared, 50 clients", 50, ["-S", "-M", "prepared"], group="protocol"),
     Case("tpcb-c100", "TPC-B, 100 clients", 100, [], balance=True, group="tpcb"),
+    Case("tls-client-c50", "-S, 50 clients, TLS clients → pooler", 50, ["-S"], poolers_only=True,
+         group="tls", tls="client", optional=True),
+    Case("tls-both-c50", "-S, 50 clients, TLS on both sides", 50, ["-S"], poolers_only=True,
+         group="tls", tls="both", optional=True),
+    Case("tls-connect-c8", "-S -C, 8 clients, TLS clients → pooler", 8, ["-S", "-C"],
+         poolers_only=True, group="tls", tls="client", optional=True),
 ]
 
 CASE_BY_KEY = {c.key: c for c in CASES}

@@ -258,7 +258,12 @@ def report(bench, ctx):
     md += ["## Settings", "",
            "PgBouncer and pgsluice read the same pgbouncer.ini; only `listen_port` differs. pgbench runs with "
            f"`-n -j min(clients, nproc)` against `{HOST}`, `PGSSLMODE=disable`.", "", "```ini",
-           ctx["ini"].rstrip(), "```", "",
+           ctx["ini"].rstrip(), "```", ""]
+    if ctx.get("tls_ini"):
+        md += ["TLS cases run against a second PgBouncer/pgsluice pair with these lines added (pgbench "
+               "with `PGSSLMODE=require`; PostgreSQL has `ssl = on` with the same self-signed "
+               "certificate):", "", "```ini", "\n".join(t.rstrip() for t in ctx["tls_ini"]), "```", ""]
+    md += [
            "PostgreSQL (initdb defaults plus):", "", "```", ctx["pg_conf"].rstrip(), "```", ""]
 
     md += ["## All runs", "", "| case | target | round | tps | transactions | pooler CPU s | µs CPU / tx | "

@@ -35,7 +35,8 @@ from procs import (HERE, HOST, IS_ROOT, PROCS, REPO, BenchError, cpu_seconds, on
                    readline_bounded, rss_bytes, run, tail, write_file)
 from report import fmt_bytes, fmt_num, report, svg_chart
 from targets import (DB, PASSWORD, POOL_SIZE, USER, Direct, Pooler, Postgres, build_pgsluice,
-                     ensure_pgbouncer, first_line, git_rev, loadavg, machine_info, pg_bin_dir)
+                     ensure_pgbouncer, first_line, git_rev, loadavg, machine_info, make_tls_files, pg_bin_dir,
+                     tls_ini_lines)
 
 # --------------------------------------------------------------------------------------
 # pgbench runs
@@ -101,6 +102,7 @@ class Bench:
         self.targets = targets
         self.pgbench = pgbench
         self.runs = []  # dicts
+        self.tls_targets = {}  # "client"/"both" → [PgBouncer, pgsluice] with those settings
         self.logdir = os.path.join(root, "pgbench-logs")
         os.mkdir(self.logdir)
         self.env = dict(os.environ, PGPASSWORD=PASSWORD, PGSSLMODE="disable", PGGSSENCMODE="disable",
@@ -125,8 +127,9 @@ class Bench:
             return rec
         cpu0 = cpu_seconds(target.pid) if target.pid else None
         t0 = time.monotonic()
+        env = dict(self.env, PGSSLMODE="require") if case.tls else self.env
         p = PROCS.spawn("pgbench", argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                        stderr=subprocess.PIPE, text=True, env=self.env, cwd=self.logdir)
+                        stderr=subprocess.PIPE, text=True, env=env, cwd=self.logdir)
         timeout = duration + 120 + case.clients // 20
         try:
             out, err = p.communicate(timeout=timeout)
@@ -189,6 +192,9 @@ class Bench:
 
     def run_case(self, case):
         targets = [t for t in self.targets if not (case.poolers_only and t.pid is None)]
+        if case.tls:
+            # The TLS pair has the same target names, so the report puts it beside the rest.
+            targets = self.tls_targets[case.tls]
         for rnd in range(1, self.args.rounds + 1):
             for t in targets:
                 rec = self.one_run(case, t, rnd)
@@ -263,7 +269,8 @@ def parse_args():
     if a.duration < 1 or a.rounds < 1:
         ap.error("--duration and --rounds must be at least 1")
     known = {c.key for c in CASES} | {"idle"}
-    a.case_set = set(a.cases.split(",")) if a.cases else known
+    default = {c.key for c in CASES if not c.optional} | {"idle"}
+    a.case_set = set(a.cases.split(",")) if a.cases else default
     if a.case_set - known:
         ap.error(f"unknown cases: {', '.join(sorted(a.case_set - known))}")
     return a
@@ -311,8 +318,10 @@ def main():
                "pgbench_v": first_line(run([pgbench, "-V"], timeout=30).stdout), "idle": []}
 
         print(f"bench: temp dir {root}", flush=True)
+        tls_modes = sorted({c.tls for c in CASES if c.tls and c.key in args.case_set})
+        tls_files = make_tls_files(root) if tls_modes else None
         pg = Postgres(bindir, root, args.auth)
-        pg.start()
+        pg.start(tls_files)
         ctx["postgres_v"] = pg.version()
         ctx["pg_conf"] = pg.conf_extra
         print(f"bench: {ctx['postgres_v']} on {HOST}:{pg.port}", flush=True)
@@ -337,6 +346,18 @@ def main():
 
         targets = [Direct(pg), bouncer, sl]
         bench = Bench(args, root, pg, targets, pgbench)
+        for mode in tls_modes:
+            lines = tls_ini_lines(mode, *tls_files)
+            pair = [Pooler("pgbouncer", "PgBouncer", [pgbouncer], root, pg.port, args.auth, userlist, lines,
+                           f"-tls-{mode}"),
+                    Pooler("pgsluice", "pgsluice", [sluice], root, pg.port, args.auth, userlist, lines,
+                           f"-tls-{mode}")]
+            for p in pair:
+                p.start()
+            bench.tls_targets[mode] = pair
+            ctx.setdefault("tls_ini", []).append(f"; TLS case '{mode}': extra lines for both poolers\n{lines}")
+            print(f"bench: TLS ({mode}) PgBouncer on {HOST}:{pair[0].port}, pgsluice on {HOST}:{pair[1].port}",
+                  flush=True)
         print("bench: warm-up", flush=True)
         bench.warm_up()
 
@@ -357,7 +378,7 @@ def main():
             bench.run_case(case)
             ctx["ran"].append(case.key)
 
-        for p in (bouncer, sl):
+        for p in [bouncer, sl] + [p for pair in bench.tls_targets.values() for p in pair]:
             if not p.alive():
                 raise BenchError(f"{p.label} died during the run:\n{tail(p.log)}")
         ctx["load_end"] = loadavg()

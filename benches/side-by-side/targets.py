@@ -136,7 +136,7 @@ class Postgres:
     def bin(self, name):
         return os.path.join(self.bindir, name)
 
-    def start(self):
+    def start(self, tls_files=None):
         os.mkdir(self.sock)
         write_file(self.log, "")
         if IS_ROOT:
@@ -161,6 +161,8 @@ class Postgres:
             "checkpoint_timeout = 30min\n"
             "autovacuum = off\n"
             "log_min_messages = warning\n")
+        if tls_files:
+            self.conf_extra += f"ssl = on\nssl_cert_file = '{tls_files[0]}'\nssl_key_file = '{tls_files[1]}'\n"
         with open(os.path.join(self.data, "postgresql.conf"), "a") as f:
             f.write("\n# added by benches/side-by-side/run.py\n" + self.conf_extra)
         for attempt in range(3):
@@ -198,7 +200,33 @@ class Postgres:
 # Poolers
 
 
-def pooler_ini(pg_port, listen_port, auth, userlist):
+def make_tls_files(root):
+    """A self-signed certificate for 127.0.0.1/localhost (PostgreSQL and both poolers use it)."""
+    crt, key = os.path.join(root, "tls.crt"), os.path.join(root, "tls.key")
+    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "2", "-subj", "/CN=localhost", "-addext",
+         "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", key, "-out", crt], timeout=60)
+    os.chmod(key, 0o600)
+    if IS_ROOT:
+        pg = pwd.getpwnam("postgres")
+        for f in (crt, key):
+            os.chown(f, pg.pw_uid, pg.pw_gid)
+    return crt, key
+
+
+def tls_ini_lines(tls, crt, key):
+    """The TLS settings of a TLS case, the same for PgBouncer and pgsluice."""
+    if not tls:
+        return ""
+    text = ("client_tls_sslmode = require\n"
+            f"client_tls_cert_file = {crt}\n"
+            f"client_tls_key_file = {key}\n")
+    if tls == "both":
+        text += "server_tls_sslmode = require\n"
+    return text
+
+
+def pooler_ini(pg_port, listen_port, auth, userlist, tls_lines=""):
     return (
         "; written by benches/side-by-side/run.py; the same file for PgBouncer and pgsluice\n"
         "[databases]\n"
@@ -215,17 +243,21 @@ def pooler_ini(pg_port, listen_port, auth, userlist):
         "log_connections = 0\n"
         "log_disconnections = 0\n"
         "stats_period = 60\n"
+        # Both poolers default to prefer; the bench cluster may have ssl=on for the TLS
+        # cases, and only those cases should pay for TLS.
+        + ("server_tls_sslmode = disable\n" if "server_tls_sslmode" not in tls_lines else "")
+        + tls_lines
     )
 
 
 class Pooler:
-    def __init__(self, name, label, argv_prefix, root, pg_port, auth, userlist):
+    def __init__(self, name, label, argv_prefix, root, pg_port, auth, userlist, tls_lines="", suffix=""):
         self.name = name
         self.label = label
         self.port = free_port()
-        self.ini = os.path.join(root, f"{name}.ini")
-        self.log = os.path.join(root, f"{name}.log")
-        self.ini_text = pooler_ini(pg_port, self.port, auth, userlist)
+        self.ini = os.path.join(root, f"{name}{suffix}.ini")
+        self.log = os.path.join(root, f"{name}{suffix}.log")
+        self.ini_text = pooler_ini(pg_port, self.port, auth, userlist, tls_lines)
         write_file(self.ini, self.ini_text)
         self.argv = argv_prefix + [self.ini]
         self.proc = None

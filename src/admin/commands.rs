@@ -93,7 +93,17 @@ pub async fn execute(
         "WAIT_CLOSE" => wait_close(app, arg).await,
         "RELOAD" => {
             tracing::info!("RELOAD command issued");
-            reload(app).map(|()| done("RELOAD"))
+            reload(app).map(|tls_applied| {
+                if tls_applied {
+                    done("RELOAD")
+                } else {
+                    Reply::NoticeDone {
+                        notice: App::TLS_NOT_APPLIED.into(),
+                        detail: None,
+                        tag: "RELOAD".into(),
+                    }
+                }
+            })
         }
         _ => shutdown(app, arg).await,
     }
@@ -144,19 +154,31 @@ pub async fn set(
     } else {
         app.userlist.load_full()
     };
+    // A TLS key is applied only if its files load; otherwise the SET fails.
+    let tls = if key.contains("_tls") {
+        Arc::new(
+            crate::net::tls::TlsContexts::build(&cfg.general)
+                .map_err(|e| failed(format!("TLS setup failed: {e}")))?,
+        )
+    } else {
+        app.tls.load_full()
+    };
     let cfg = Arc::new(cfg);
     app.config.store(cfg.clone());
     app.userlist.store(users.clone());
-    app.registry.reconfigure_all(&cfg, &users);
+    app.tls.store(tls.clone());
+    app.registry.reconfigure_all(&cfg, &tls, &users);
     tracing::info!("SET {key} = {value}");
     Ok(reply)
 }
 
 /// RELOAD and SIGHUP: re-read the config and auth file; on failure keep the old ones and
 /// answer with PgBouncer's F0000 error (the reason goes to the log).
-pub fn reload(app: &App) -> Result<(), PgError> {
+/// `Ok(false)`: applied, but the TLS files did not load and the old TLS configuration
+/// stays (see [`App::reload`]).
+pub fn reload(app: &App) -> Result<bool, PgError> {
     let _w = CONFIG_WRITE.lock();
-    app.reload().map_err(|e| {
+    let tls_applied = app.reload().map_err(|e| {
         tracing::error!("RELOAD failed: {e}");
         PgError::error("F0000", "RELOAD failed, see logs for additional details")
     })?;
@@ -164,7 +186,7 @@ pub fn reload(app: &App) -> Result<(), PgError> {
     if let Err(e) = crate::logging::reopen(&app.config.load().general.logfile) {
         tracing::error!("cannot reopen logfile: {e}");
     }
-    Ok(())
+    Ok(tls_applied)
 }
 
 /// SIGUSR1: PAUSE everything without anyone waiting for the answer; idle servers are

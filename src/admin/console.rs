@@ -106,18 +106,12 @@ fn same_uid_unix(stream: &Stream) -> bool {
             .peer_cred()
             // SAFETY: geteuid has no preconditions and cannot fail.
             .is_ok_and(|c| c.uid() == unsafe { libc::geteuid() }),
-        Stream::Tcp(_) => false,
+        _ => false,
     }
 }
 
 fn local_addr(stream: &Stream) -> (String, u16) {
-    match stream {
-        Stream::Tcp(t) => t
-            .local_addr()
-            .map(|a| (a.ip().to_string(), a.port()))
-            .unwrap_or_default(),
-        Stream::Unix(_) => ("unix".to_string(), 0),
-    }
+    stream.local_addr()
 }
 
 /// Logs `user` into the console and sends the welcome. `out` may already hold messages
@@ -200,7 +194,7 @@ pub(crate) async fn login(
         ADMIN_DB.to_string(),
         user.to_string(),
         params.get("application_name").unwrap_or("").to_string(),
-        false,
+        stream.tls_description(),
     ));
     info.cancel_pid
         .store(cancel.pid as u32, std::sync::atomic::Ordering::Relaxed);

@@ -120,6 +120,13 @@ fn set_database_key(db: &mut Database, key: &str, val: &str) -> Result<(), Strin
                     .map_err(|_| format!("invalid load_balance_hosts: {val}"))?,
             )
         }
+        // Overrides server_tls_sslmode for this database, as PgBouncer #163 asks.
+        "sslmode" => {
+            db.sslmode = Some(
+                crate::net::tls::SslMode::parse(val)
+                    .map_err(|_| format!("invalid sslmode: {val}"))?,
+            )
+        }
         _ => return Err(format!("unrecognized connection parameter: {key}")),
     }
     Ok(())

@@ -10,6 +10,7 @@ use super::values::{
     parse_u16, parse_u32,
 };
 use super::{Config, General};
+use crate::net::tls::{self, SslMode};
 
 /// Store `value` for `key` in `g`. Errors are complete messages without a position:
 /// `unknown parameter: pgbouncer/<key>` (PgBouncer's text) or
@@ -127,6 +128,20 @@ fn set_field(g: &mut General, kind: Kind, key: &str, v: &str) -> Result<(), Stri
         "tcp_keepidle" => g.tcp_keepidle = parse_u32(v)?,
         "tcp_keepintvl" => g.tcp_keepintvl = parse_u32(v)?,
         "tcp_user_timeout" => g.tcp_user_timeout = parse_u32(v)?,
+        "client_tls_sslmode" => g.client_tls_sslmode = SslMode::parse(v)?,
+        "client_tls_key_file" => g.client_tls_key_file = text(),
+        "client_tls_cert_file" => g.client_tls_cert_file = text(),
+        "client_tls_ca_file" => g.client_tls_ca_file = text(),
+        "client_tls_protocols" => g.client_tls_protocols = checked(v, tls::parse_protocols)?,
+        "client_tls_ciphers" => g.client_tls_ciphers = checked(v, tls::parse_tls12_ciphers)?,
+        "client_tls13_ciphers" => g.client_tls13_ciphers = checked(v, tls::parse_tls13_ciphers)?,
+        "server_tls_sslmode" => g.server_tls_sslmode = SslMode::parse(v)?,
+        "server_tls_key_file" => g.server_tls_key_file = text(),
+        "server_tls_cert_file" => g.server_tls_cert_file = text(),
+        "server_tls_ca_file" => g.server_tls_ca_file = text(),
+        "server_tls_protocols" => g.server_tls_protocols = checked(v, tls::parse_protocols)?,
+        "server_tls_ciphers" => g.server_tls_ciphers = checked(v, tls::parse_tls12_ciphers)?,
+        "server_tls13_ciphers" => g.server_tls13_ciphers = checked(v, tls::parse_tls13_ciphers)?,
         "worker_threads" => g.worker_threads = parse_u32(v)?,
         "prometheus_listen" => g.prometheus_listen = parse_listen(v)?,
         // A key with no field: checked like PgBouncer would, then kept as written.
@@ -136,6 +151,12 @@ fn set_field(g: &mut General, kind: Kind, key: &str, v: &str) -> Result<(), Stri
         }
     }
     Ok(())
+}
+
+/// A TLS protocol or cipher list: checked now (an unsupported value is an error naming
+/// it), kept as written.
+fn checked<T>(v: &str, parse: fn(&str) -> Result<T, String>) -> Result<String, String> {
+    parse(v).map(|_| v.to_string())
 }
 
 /// `prometheus_listen`: empty (off) or an `ip:port` socket address (`[::1]:9127` for IPv6),
@@ -242,6 +263,20 @@ pub fn show_value(g: &General, key: &str) -> Option<String> {
         "tcp_keepidle" => n(g.tcp_keepidle),
         "tcp_keepintvl" => n(g.tcp_keepintvl),
         "tcp_user_timeout" => n(g.tcp_user_timeout),
+        "client_tls_sslmode" => s(g.client_tls_sslmode.as_str()),
+        "client_tls_key_file" => s(&g.client_tls_key_file),
+        "client_tls_cert_file" => s(&g.client_tls_cert_file),
+        "client_tls_ca_file" => s(&g.client_tls_ca_file),
+        "client_tls_protocols" => s(&g.client_tls_protocols),
+        "client_tls_ciphers" => s(&g.client_tls_ciphers),
+        "client_tls13_ciphers" => opt(&g.client_tls13_ciphers),
+        "server_tls_sslmode" => s(g.server_tls_sslmode.as_str()),
+        "server_tls_key_file" => s(&g.server_tls_key_file),
+        "server_tls_cert_file" => s(&g.server_tls_cert_file),
+        "server_tls_ca_file" => s(&g.server_tls_ca_file),
+        "server_tls_protocols" => s(&g.server_tls_protocols),
+        "server_tls_ciphers" => s(&g.server_tls_ciphers),
+        "server_tls13_ciphers" => opt(&g.server_tls13_ciphers),
         "worker_threads" => n(g.worker_threads),
         "prometheus_listen" => s(&g.prometheus_listen),
         _ => g
@@ -322,18 +357,28 @@ mod tests {
         assert!(e.starts_with("invalid value for listen_port: \"x\""), "{e}");
         let e = apply_general(&mut g, "server_tls_sslmode", "maybe").unwrap_err();
         assert!(e.contains("server_tls_sslmode"), "{e}");
+        let e = apply_general(&mut g, "client_tls_ciphers", "HIGH:RC4-MD5").unwrap_err();
+        assert!(
+            e.contains("client_tls_ciphers") && e.contains("RC4-MD5"),
+            "{e}"
+        );
+        let e = apply_general(&mut g, "server_tls_protocols", "tlsv1.1").unwrap_err();
+        assert!(e.contains("server_tls_protocols"), "{e}");
     }
 
     #[test]
     fn not_implemented_keys_warn_and_are_kept() {
         let mut cfg = Config::default();
-        set_general(&mut cfg, "client_tls_sslmode", "require").unwrap();
+        set_general(&mut cfg, "client_tls_ecdhcurve", "prime256v1").unwrap();
         set_general(&mut cfg, "stats_period", "30").unwrap();
         assert_eq!(
             cfg.warnings,
-            ["client_tls_sslmode: accepted but not implemented by pgsluice yet"]
+            ["client_tls_ecdhcurve: accepted but not implemented by pgsluice yet"]
         );
-        assert_eq!(cfg.general.not_implemented["client_tls_sslmode"], "require");
+        assert_eq!(
+            cfg.general.not_implemented["client_tls_ecdhcurve"],
+            "prime256v1"
+        );
         assert_eq!(cfg.general.stats_period, Duration::from_secs(30));
     }
 }

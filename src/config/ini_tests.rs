@@ -145,16 +145,19 @@ fn unknown_section_is_an_error() {
 
 #[test]
 fn not_implemented_key_is_accepted_with_a_warning() {
-    let cfg = parse("[pgbouncer]\nclient_tls_sslmode = require\npeer_id = 3\n").unwrap();
+    let cfg = parse("[pgbouncer]\nclient_tls_dheparams = legacy\npeer_id = 3\n").unwrap();
     assert_eq!(
         cfg.warnings,
         [
-            "client_tls_sslmode: accepted but not implemented by pgsluice yet",
+            "client_tls_dheparams: accepted but not implemented by pgsluice yet",
             "peer_id: accepted but not implemented by pgsluice yet",
         ]
     );
     assert_eq!(cfg.general.peer_id, 3);
-    assert_eq!(cfg.general.not_implemented["client_tls_sslmode"], "require");
+    assert_eq!(
+        cfg.general.not_implemented["client_tls_dheparams"],
+        "legacy"
+    );
 }
 
 #[test]
@@ -204,7 +207,7 @@ fn later_values_win_and_pgbouncer_section_restarts_from_defaults() {
          listen_port = 7000\n\
          listen_port = 7001\n\
          auth_user = keeper\n\
-         client_tls_sslmode = require\n\
+         client_tls_dheparams = legacy\n\
          [databases]\n\
          [pgbouncer]\n\
          pool_mode = transaction\n",

@@ -107,20 +107,20 @@ pub static KEYS: &[KeyInfo] = &[
     key("cancel_wait_timeout", Time, s("10"), R, Y),
     key("client_idle_timeout", Time, s("0"), R, Y),
     key("client_login_timeout", Time, s("60"), R, Y),
-    key("client_tls13_ciphers", Str, NULL, R, N),
-    key("client_tls_ca_file", Str, s(""), R, N),
-    key("client_tls_cert_file", Str, s(""), R, N),
-    key("client_tls_ciphers", Str, s("default"), R, N),
+    key("client_tls13_ciphers", Str, NULL, R, Y),
+    key("client_tls_ca_file", Str, s(""), R, Y),
+    key("client_tls_cert_file", Str, s(""), R, Y),
+    key("client_tls_ciphers", Str, s("default"), R, Y),
     key("client_tls_dheparams", Str, s("auto"), R, N),
     key("client_tls_ecdhcurve", Str, s("auto"), R, N),
-    key("client_tls_key_file", Str, s(""), R, N),
-    key("client_tls_protocols", Str, s("secure"), R, N),
+    key("client_tls_key_file", Str, s(""), R, Y),
+    key("client_tls_protocols", Str, s("secure"), R, Y),
     key(
         "client_tls_sslmode",
         Kind::Enum(SSL_MODES),
         s("disable"),
         R,
-        N,
+        Y,
     ),
     key("conffile", Str, NULL, R, N),
     key("default_pool_size", Int, s("20"), R, Y),
@@ -173,18 +173,18 @@ pub static KEYS: &[KeyInfo] = &[
     key("server_reset_query", Str, s("DISCARD ALL"), R, Y),
     key("server_reset_query_always", Bool, s("0"), R, Y),
     key("server_round_robin", Bool, s("0"), R, Y),
-    key("server_tls13_ciphers", Str, NULL, R, N),
-    key("server_tls_ca_file", Str, s(""), R, N),
-    key("server_tls_cert_file", Str, s(""), R, N),
-    key("server_tls_ciphers", Str, s("default"), R, N),
-    key("server_tls_key_file", Str, s(""), R, N),
-    key("server_tls_protocols", Str, s("secure"), R, N),
+    key("server_tls13_ciphers", Str, NULL, R, Y),
+    key("server_tls_ca_file", Str, s(""), R, Y),
+    key("server_tls_cert_file", Str, s(""), R, Y),
+    key("server_tls_ciphers", Str, s("default"), R, Y),
+    key("server_tls_key_file", Str, s(""), R, Y),
+    key("server_tls_protocols", Str, s("secure"), R, Y),
     key(
         "server_tls_sslmode",
         Kind::Enum(SSL_MODES),
         s("prefer"),
         R,
-        N,
+        Y,
     ),
     key("service_name", Str, NULL, NR, N),
     key("so_reuseport", Bool, s("0"), NR, Y),
@@ -243,7 +243,8 @@ mod tests {
         assert!(lookup("Listen_Port").is_none());
         assert!(lookup("no_such_key").is_none());
         assert!(lookup("worker_threads").is_some_and(|k| k.implemented));
-        assert!(lookup("client_tls_sslmode").is_some_and(|k| !k.implemented));
+        assert!(lookup("client_tls_sslmode").is_some_and(|k| k.implemented));
+        assert!(lookup("client_tls_ecdhcurve").is_some_and(|k| !k.implemented));
     }
 
     #[test]

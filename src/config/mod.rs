@@ -212,6 +212,21 @@ pub struct General {
     pub tcp_keepidle: u32,
     pub tcp_keepintvl: u32,
     pub tcp_user_timeout: u32,
+    // TLS (see net/tls.rs); file names and cipher texts as written, empty = unset
+    pub client_tls_sslmode: crate::net::tls::SslMode,
+    pub client_tls_key_file: String,
+    pub client_tls_cert_file: String,
+    pub client_tls_ca_file: String,
+    pub client_tls_protocols: String,
+    pub client_tls_ciphers: String,
+    pub client_tls13_ciphers: String,
+    pub server_tls_sslmode: crate::net::tls::SslMode,
+    pub server_tls_key_file: String,
+    pub server_tls_cert_file: String,
+    pub server_tls_ca_file: String,
+    pub server_tls_protocols: String,
+    pub server_tls_ciphers: String,
+    pub server_tls13_ciphers: String,
     // pgsluice's own keys
     /// Tokio worker threads; 0 = number of cores.
     pub worker_threads: u32,
@@ -303,6 +318,20 @@ impl Default for General {
             tcp_keepidle: 0,
             tcp_keepintvl: 0,
             tcp_user_timeout: 0,
+            client_tls_sslmode: crate::net::tls::SslMode::Disable,
+            client_tls_key_file: String::new(),
+            client_tls_cert_file: String::new(),
+            client_tls_ca_file: String::new(),
+            client_tls_protocols: "secure".into(),
+            client_tls_ciphers: "default".into(),
+            client_tls13_ciphers: String::new(),
+            server_tls_sslmode: crate::net::tls::SslMode::Prefer,
+            server_tls_key_file: String::new(),
+            server_tls_cert_file: String::new(),
+            server_tls_ca_file: String::new(),
+            server_tls_protocols: "secure".into(),
+            server_tls_ciphers: "default".into(),
+            server_tls13_ciphers: String::new(),
             worker_threads: 0,
             prometheus_listen: String::new(),
             not_implemented: BTreeMap::new(),
@@ -345,6 +374,8 @@ pub struct Database {
     pub auth_query: Option<String>,
     pub auth_dbname: Option<String>,
     pub load_balance_hosts: Option<LoadBalanceHosts>,
+    /// `sslmode=`: overrides server_tls_sslmode for this database (PgBouncer #163).
+    pub sslmode: Option<crate::net::tls::SslMode>,
 }
 
 impl Default for Database {
@@ -374,6 +405,7 @@ impl Default for Database {
             auth_query: None,
             auth_dbname: None,
             load_balance_hosts: None,
+            sslmode: None,
         }
     }
 }

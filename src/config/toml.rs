@@ -271,10 +271,10 @@ mod tests {
 
     #[test]
     fn not_implemented_keys_warn() {
-        let cfg = parse("[pgbouncer]\nserver_tls_sslmode = \"require\"\n").unwrap();
+        let cfg = parse("[pgbouncer]\nclient_tls_ecdhcurve = \"prime256v1\"\n").unwrap();
         assert_eq!(
             cfg.warnings,
-            ["server_tls_sslmode: accepted but not implemented by pgsluice yet"]
+            ["client_tls_ecdhcurve: accepted but not implemented by pgsluice yet"]
         );
     }
 

@@ -1,4 +1,4 @@
-//! Sockets: one `Stream` type over TCP and Unix sockets (TLS joins it later), the listeners,
+//! Sockets: one `Stream` type over TCP and Unix sockets (plain or TLS), the listeners,
 //! and outgoing connections to servers: the DNS cache (`dns.rs`), racing attempts under
 //! one deadline (`connect.rs`) and TCP keepalive tuning (`tcp.rs`).
 
@@ -8,5 +8,6 @@ pub mod listener;
 pub mod msgio;
 pub mod stream;
 pub mod tcp;
+pub mod tls;
 
 pub use stream::{PeerAddr, Stream};

@@ -102,7 +102,8 @@ fn ensure_forced_user_pools(app: &App) {
             continue;
         }
         if app.registry.get(&db.name, user).is_none() {
-            app.registry.get_or_create(&cfg, &users, db, user);
+            app.registry
+                .get_or_create(&cfg, &app.tls.load(), &users, db, user);
         }
     }
 }

@@ -190,7 +190,8 @@ impl Pool {
             || old.dbname != target.dbname
             || old.user != target.user
             || old.startup != target.startup
-            || old.connect_query != target.connect_query;
+            || old.connect_query != target.connect_query
+            || !old.tls.same_settings(&target.tls);
         self.settings.store(Arc::new(settings));
         self.target.store(Arc::new(target));
         if let Some(c) = credential {

@@ -10,7 +10,9 @@ use super::limits::Shared;
 use super::pool::{Pool, PoolSettings};
 use crate::config::{Config, Database, Secret, UserList};
 use crate::net::tcp::TcpOptions;
+use crate::net::tls::TlsContexts;
 use crate::server::login::Host;
+use crate::server::login::ServerTls;
 use crate::server::{Credential, Target};
 
 #[derive(Default)]
@@ -44,6 +46,7 @@ impl Registry {
     pub fn get_or_create(
         &self,
         cfg: &Config,
+        tls: &TlsContexts,
         users: &UserList,
         db: &Database,
         user: &str,
@@ -59,7 +62,7 @@ impl Registry {
                     db.name.clone(),
                     user.to_string(),
                     settings_for(cfg, db, user),
-                    target_for(cfg, db, user),
+                    target_for(cfg, tls, db, user),
                     credential_for(db, users, user),
                     self.db_shared(&db.name),
                     self.user_shared(user),
@@ -91,12 +94,13 @@ impl Registry {
     pub fn attach_client(
         &self,
         cfg: &Config,
+        tls: &TlsContexts,
         users: &UserList,
         db: &Database,
         user: &str,
     ) -> Arc<Pool> {
         loop {
-            let pool = self.get_or_create(cfg, users, db, user);
+            let pool = self.get_or_create(cfg, tls, users, db, user);
             pool.clients.try_acquire(0);
             if self
                 .pools
@@ -174,12 +178,12 @@ impl Registry {
 
     /// RELOAD: every pool takes its new settings; pools whose database entry vanished keep
     /// running with their old settings until their clients leave.
-    pub fn reconfigure_all(&self, cfg: &Config, users: &UserList) {
+    pub fn reconfigure_all(&self, cfg: &Config, tls: &TlsContexts, users: &UserList) {
         for p in self.all() {
             if let Some(db) = cfg.database(&p.db_name) {
                 p.reconfigure(
                     settings_for(cfg, &db, &p.user_name),
-                    target_for(cfg, &db, &p.user_name),
+                    target_for(cfg, tls, &db, &p.user_name),
                     match credential_for(&db, users, &p.user_name) {
                         Credential::None => None,
                         c => Some(c),
@@ -241,7 +245,7 @@ pub fn settings_for(cfg: &Config, db: &Database, user: &str) -> PoolSettings {
 }
 
 /// Where and how the pool's servers connect.
-pub fn target_for(cfg: &Config, db: &Database, user: &str) -> Target {
+pub fn target_for(cfg: &Config, tls: &TlsContexts, db: &Database, user: &str) -> Target {
     let g = &cfg.general;
     let mut startup = Vec::new();
     for (k, v) in [
@@ -271,6 +275,7 @@ pub fn target_for(cfg: &Config, db: &Database, user: &str) -> Target {
         check_query: Target::check_query_from(&g.server_check_query),
         check_delay: g.server_check_delay,
         fast_close: g.server_fast_close,
+        tls: ServerTls::new(db.sslmode.unwrap_or(g.server_tls_sslmode), &tls.server),
     }
 }
 

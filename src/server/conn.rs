@@ -127,13 +127,18 @@ impl ServerConn {
             return false;
         }
         let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        // For TLS the raw socket is peeked: an idle server sends nothing, so any record
+        // (data or a close_notify alert) means it is not clean.
         let r = match &self.stream {
-            Stream::Tcp(t) => t.try_io(tokio::io::Interest::READABLE, || {
-                socket2::SockRef::from(t).peek(&mut probe)
-            }),
             Stream::Unix(u) => u.try_io(tokio::io::Interest::READABLE, || {
                 socket2::SockRef::from(u).peek(&mut probe)
             }),
+            s => match s.tcp_socket() {
+                Some(t) => t.try_io(tokio::io::Interest::READABLE, || {
+                    socket2::SockRef::from(t).peek(&mut probe)
+                }),
+                None => return false,
+            },
         };
         matches!(r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use postgres_protocol::message::frontend;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::task::JoinSet;
 
@@ -23,6 +23,7 @@ use crate::config::{LoadBalanceHosts, Secret};
 use crate::net::connect::{race, stagger_for, FailedAddrs, Outcome};
 use crate::net::msgio::{read_msg, ReadError};
 use crate::net::tcp::TcpOptions;
+use crate::net::tls::{ServerSide, SideSettings, SslMode};
 use crate::net::{dns, Stream};
 use crate::proto::{ErrorFields, PgError};
 
@@ -82,6 +83,35 @@ pub struct Target {
     pub check_delay: Duration,
     /// server_fast_close (session mode).
     pub fast_close: bool,
+    /// server_tls_sslmode (or the database's `sslmode=`) and what it needs.
+    pub tls: ServerTls,
+}
+
+/// How this pool's servers speak TLS.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub mode: SslMode,
+    /// The rustls configuration for `mode` (`None` for disable); `Err` when the mode
+    /// cannot be used (verify-* without any CA), said at connect time.
+    pub config: Result<Option<Arc<rustls::ClientConfig>>, String>,
+    /// The server_tls_* settings it was built from: a change reconnects servers.
+    pub settings: SideSettings,
+}
+
+impl ServerTls {
+    pub fn new(mode: SslMode, side: &ServerSide) -> ServerTls {
+        ServerTls {
+            mode,
+            config: side.config_for(mode),
+            settings: side.settings.clone(),
+        }
+    }
+
+    /// Same mode and settings (file contents may differ: rotated certificates do not
+    /// close servers, new connections simply use them).
+    pub fn same_settings(&self, other: &ServerTls) -> bool {
+        self.mode == other.mode && self.settings == other.settings
+    }
 }
 
 impl Target {
@@ -122,6 +152,9 @@ pub enum LoginError {
     Auth(&'static str),
     #[error("server login failed: {0}")]
     Protocol(String),
+    /// TLS refused by the server, or the handshake or certificate check failed.
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl LoginError {
@@ -180,7 +213,7 @@ impl LoginError {
         match self {
             LoginError::Server(_) => 6,
             LoginError::Auth(_) => 5,
-            LoginError::Protocol(_) => 4,
+            LoginError::Protocol(_) | LoginError::Tls(_) => 4,
             LoginError::Timeout => 3,
             LoginError::Connect(_) => 2,
             LoginError::Dns(_) => 1,
@@ -396,7 +429,8 @@ async fn attempt(
                 .await
                 .map_err(|e| LoginError::Connect(format!("{a}: {e}")))?;
             target.tcp.apply_or_log(&s, &format!("server {a}"));
-            Stream::tcp(s)
+            let _ = s.set_nodelay(true);
+            server_tls(target, s, c.host, a).await?
         }
         ServerAddr::Unix(p) => Stream::Unix(
             UnixStream::connect(p)
@@ -405,6 +439,78 @@ async fn attempt(
         ),
     };
     login(target, cred, stream, c.addr, c.host, generation).await
+}
+
+/// Longest ErrorResponse accepted in answer to an SSLRequest.
+const MAX_SSL_ERROR_LEN: usize = 65_536;
+
+/// The SSLRequest and TLS handshake on a new TCP connection, as server_tls_sslmode says
+/// (Unix sockets never use TLS, as with PostgreSQL). `allow` behaves like `prefer`, as in
+/// PgBouncer: TLS is asked for and used when offered. SNI is sent whenever the `host=`
+/// entry is a name, whatever the mode: managed services route on it (PgBouncer sends it
+/// only with verify-full; its PR #1485 is still open).
+async fn server_tls(
+    target: &Target,
+    mut s: TcpStream,
+    host: usize,
+    addr: &SocketAddr,
+) -> Result<Stream, LoginError> {
+    let config = match &target.tls.config {
+        Ok(None) => return Ok(Stream::Tcp(s)),
+        Ok(Some(c)) => c.clone(),
+        Err(e) => return Err(LoginError::Tls(e.clone())),
+    };
+    let mut req = [0u8; 8];
+    req[..4].copy_from_slice(&8u32.to_be_bytes());
+    req[4..].copy_from_slice(&crate::proto::startup::SSL_REQUEST.to_be_bytes());
+    s.write_all(&req)
+        .await
+        .map_err(|e| LoginError::Connect(format!("{addr}: {e}")))?;
+    let mut answer = [0u8; 1];
+    s.read_exact(&mut answer)
+        .await
+        .map_err(|e| LoginError::Protocol(format!("no answer to SSLRequest: {e}")))?;
+    match answer[0] {
+        b'S' => {}
+        b'N' if target.tls.mode >= SslMode::Require => {
+            return Err(LoginError::Tls("server refused SSL".into()));
+        }
+        b'N' => return Ok(Stream::Tcp(s)),
+        // A server that cannot serve at all (starting up, too many clients) may answer
+        // with an ErrorResponse instead: reported like any login error.
+        b'E' => {
+            let mut len = [0u8; 4];
+            s.read_exact(&mut len)
+                .await
+                .map_err(|e| LoginError::Protocol(format!("short error response: {e}")))?;
+            let len = u32::from_be_bytes(len) as usize;
+            if !(4..=MAX_SSL_ERROR_LEN).contains(&len) {
+                return Err(LoginError::Protocol(
+                    "bad error response to SSLRequest".into(),
+                ));
+            }
+            let mut body = vec![0u8; len - 4];
+            s.read_exact(&mut body)
+                .await
+                .map_err(|e| LoginError::Protocol(format!("short error response: {e}")))?;
+            return Err(LoginError::Server(ErrorFields::parse(&body)));
+        }
+        other => {
+            return Err(LoginError::Protocol(format!(
+                "bad answer to SSLRequest: {:?}",
+                other as char
+            )))
+        }
+    }
+    let name = match target.hosts.get(host) {
+        Some(Host::Tcp(h)) => crate::net::tls::server_name(h).map_err(LoginError::Tls)?,
+        _ => rustls_pki_types::ServerName::IpAddress(addr.ip().into()),
+    };
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, s)
+        .await
+        .map_err(|e| LoginError::Tls(format!("TLS handshake failed: {e}")))?;
+    Ok(Stream::TlsToServer(Box::new(tls)))
 }
 
 /// The startup packet, authentication and the welcome on an open socket.
@@ -549,15 +655,15 @@ async fn login(
         ServerAddr::Tcp(a) => (a.ip().to_string(), a.port()),
         ServerAddr::Unix(p) => (p.display().to_string(), target.port),
     };
-    let (lip, lport) = match &stream {
-        Stream::Tcp(t) => t
-            .local_addr()
-            .map(|a| (a.ip().to_string(), a.port()))
-            .unwrap_or_default(),
-        Stream::Unix(_) => ("unix".to_string(), 0),
-    };
+    let (lip, lport) = stream.local_addr();
     let info = std::sync::Arc::new(crate::stats::ServerInfo::new(
-        id, ip, port, lip, lport, key.0,
+        id,
+        ip,
+        port,
+        lip,
+        lport,
+        key.0,
+        stream.tls_description(),
     ));
     Ok(ServerConn {
         stream,

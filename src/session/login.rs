@@ -1,6 +1,8 @@
-//! Client login: the startup packet (SSLRequest/GSSENCRequest answered `N`, CancelRequest
-//! routed, protocol negotiation), startup parameters (tracked, ignored, or refused with
-//! PgBouncer's text), client limits, authentication (trust, any, plain, md5, scram-sha-256),
+//! Client login: the startup packet (SSLRequest answered `S` and TLS negotiated when
+//! client_tls_sslmode allows, else `N`; direct TLS; GSSENCRequest answered `N`;
+//! CancelRequest routed; protocol negotiation), startup parameters (tracked, ignored, or
+//! refused with PgBouncer's text), client limits, authentication (trust, any, plain, md5,
+//! scram-sha-256, cert),
 //! and the welcome: the pool's cached ParameterStatus set merged with the client's values,
 //! a pgsluice-issued BackendKeyData, ReadyForQuery.
 
@@ -15,11 +17,16 @@ use crate::auth::{md5, scram};
 use crate::config::{AuthType, Config, Secret};
 use crate::control::App;
 use crate::net::msgio::read_msg;
+use crate::net::tls::{ClientSide, SslMode, ALPN_POSTGRESQL};
 use crate::net::{PeerAddr, Stream};
 use crate::pool::{Counter, Pool, Shared};
 use crate::proto::backend;
 use crate::proto::startup::{self, StartupPacket};
 use crate::proto::PgError;
+
+/// The first byte of a TLS handshake record: a direct-TLS client's first byte, never the
+/// first byte of a startup packet's length (that would be a length above 350 MB).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Largest auth message a client may send (passwords, SASL messages).
 const MAX_AUTH_MSG: u32 = 65_536;
@@ -89,13 +96,38 @@ fn auth_failed() -> PgError {
     PgError::fatal("password authentication failed").with_code("28P01")
 }
 
-/// Reads startup-phase packets until a StartupMessage (or a cancel).
+/// Reads startup-phase packets until a StartupMessage (or a cancel). With client TLS on,
+/// an SSLRequest is answered `S` and the stream becomes TLS, and a connection that opens
+/// with a TLS handshake record is PostgreSQL 17's direct TLS (`sslnegotiation=direct`),
+/// which must agree on ALPN `postgresql`, as PostgreSQL requires. Unix sockets never
+/// use TLS. `Ok(None)`: the client left (or its handshake failed; logged).
 async fn read_startup(
     stream: &mut Stream,
     out: &mut BytesMut,
+    tls: Option<&ClientSide>,
 ) -> Result<Option<StartupPacket>, PgError> {
     let mut ssl_done = false;
     let mut gss_done = false;
+    if let (Some(t), Stream::Tcp(tcp)) = (tls, &*stream) {
+        // One peek per TLS-enabled login; plaintext and SSLRequest clients are unaffected.
+        let mut first = [0u8; 1];
+        match tcp.peek(&mut first).await {
+            Ok(1..) => {}
+            _ => return Ok(None),
+        }
+        if first[0] == TLS_HANDSHAKE_RECORD {
+            if let Err(e) = stream.accept_tls(t.config.clone()).await {
+                tracing::info!("direct TLS handshake failed: {e}");
+                return Ok(None);
+            }
+            if stream.alpn() != Some(ALPN_POSTGRESQL) {
+                return Err(PgError::fatal(
+                    "received direct SSL connection request without ALPN protocol negotiation extension",
+                ));
+            }
+            ssl_done = true;
+        }
+    }
     loop {
         let mut len = [0u8; 4];
         if stream.read_exact(&mut len).await.is_err() {
@@ -109,11 +141,24 @@ async fn read_startup(
         match startup::parse(&body).map_err(|e| PgError::fatal(e.to_string()))? {
             StartupPacket::Ssl if !ssl_done => {
                 ssl_done = true;
-                // TLS is not offered yet: 'N' and the client carries on in plaintext.
-                stream
-                    .write_all(b"N")
-                    .await
-                    .map_err(|_| PgError::fatal("client write failed"))?;
+                match tls {
+                    Some(t) if matches!(stream, Stream::Tcp(_)) => {
+                        stream
+                            .write_all(b"S")
+                            .await
+                            .map_err(|_| PgError::fatal("client write failed"))?;
+                        if let Err(e) = stream.accept_tls(t.config.clone()).await {
+                            tracing::info!("TLS handshake with client failed: {e}");
+                            return Ok(None);
+                        }
+                    }
+                    // TLS off (or a Unix socket): 'N' and the client carries on in
+                    // plaintext, or gives up if it requires TLS.
+                    _ => stream
+                        .write_all(b"N")
+                        .await
+                        .map_err(|_| PgError::fatal("client write failed"))?,
+                }
             }
             StartupPacket::GssEnc if !gss_done => {
                 gss_done = true;
@@ -232,7 +277,8 @@ pub async fn login(
     awaiting_server: &mut bool,
 ) -> Result<Outcome, PgError> {
     let mut out = BytesMut::with_capacity(512);
-    let (minor, raw) = match read_startup(stream, &mut out).await? {
+    let tls = app.tls.load_full();
+    let (minor, raw) = match read_startup(stream, &mut out, tls.client.as_ref()).await? {
         None => return Ok(Outcome::Done),
         Some(StartupPacket::Cancel { pid, secret }) => {
             let g = &app.config.load().general;
@@ -248,6 +294,16 @@ pub async fn login(
         Some(StartupPacket::Startup { minor, params, .. }) => (minor, params),
         Some(_) => return Err(PgError::fatal("bad startup packet")),
     };
+    // PgBouncer: "require SSL except on unix socket", checked before anything else.
+    if tls
+        .client
+        .as_ref()
+        .is_some_and(|t| t.mode >= SslMode::Require)
+        && !stream.is_tls()
+        && !stream.is_unix()
+    {
+        return Err(PgError::fatal("SSL required"));
+    }
     let cfg = app.config.load_full();
     let w = check_params(&cfg, raw, peer)?;
     if minor > 0 || !w.unrecognised_pq.is_empty() {
@@ -256,10 +312,12 @@ pub async fn login(
     }
     *who = format!("C-{id:#x}: {}/{}@{peer}", w.database, w.user);
     if cfg.general.log_connections {
+        let t = stream.tls_description();
         tracing::info!(
-            "{who} login attempt: db={} user={} tls=no replication=no",
+            "{who} login attempt: db={} user={} tls={} replication=no",
             w.database,
-            w.user
+            w.user,
+            if t.is_empty() { "no" } else { t.as_str() }
         );
     }
     if w.database == "pgbouncer" {
@@ -332,7 +390,9 @@ pub async fn login(
     .await?;
     backend::auth_ok(&mut out);
 
-    let pool = app.registry.attach_client(&cfg, &users, &db, &pool_user);
+    let pool = app
+        .registry
+        .attach_client(&cfg, &app.tls.load(), &users, &db, &pool_user);
     if let Some(k) = keys {
         if db.user.is_none() {
             pool.set_scram_keys(k);
@@ -384,13 +444,7 @@ pub async fn login(
         client_login_count: 1,
         ..Default::default()
     });
-    let (local_addr, local_port) = match stream {
-        Stream::Tcp(t) => t
-            .local_addr()
-            .map(|a| (a.ip().to_string(), a.port()))
-            .unwrap_or_default(),
-        Stream::Unix(_) => ("unix".to_string(), 0),
-    };
+    let (local_addr, local_port) = stream.local_addr();
     let info = Arc::new(crate::stats::ClientInfo::new(
         id,
         peer.ip_string(),
@@ -400,7 +454,7 @@ pub async fn login(
         w.database.clone(),
         w.user.clone(),
         params.get("application_name").unwrap_or("").to_string(),
-        false,
+        stream.tls_description(),
     ));
     info.cancel_pid
         .store(cancel.pid as u32, std::sync::atomic::Ordering::Relaxed);
@@ -468,6 +522,20 @@ pub(crate) async fn authenticate(
 ) -> Result<Option<scram::ScramKeys>, PgError> {
     let mut rbuf = BytesMut::new();
     match auth_type {
+        // The user name must be the client certificate's CommonName (PgBouncer: no
+        // password, no auth_file entry needed). Without TLS or a certificate it fails.
+        AuthType::Cert => match stream.peer_common_name() {
+            Some(cn) if cn == user => Ok(None),
+            other => {
+                match other {
+                    Some(cn) => tracing::warn!(
+                        "TLS certificate name mismatch: certificate CN {cn:?}, user {user:?}"
+                    ),
+                    None => tracing::warn!("auth_type=cert: no TLS client certificate"),
+                }
+                Err(PgError::fatal("certificate authentication failed").with_code("28000"))
+            }
+        },
         // `any` ignores the client's user name, so it needs a forced user to log in as
         // (PgBouncer: "auth_type=any requires forced user").
         AuthType::Any if forced_user => Ok(None),

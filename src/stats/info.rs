@@ -51,7 +51,8 @@ pub struct ClientInfo {
     pub database: String,
     pub user: String,
     pub application_name: Mutex<String>,
-    pub tls: bool,
+    /// `TLSv1.3/<suite>` for a TLS client, empty otherwise (SHOW CLIENTS `tls`).
+    pub tls: String,
     state: AtomicU8,
     /// Last request start (µs since epoch).
     pub request_time_us: AtomicU64,
@@ -80,7 +81,7 @@ impl ClientInfo {
         database: String,
         user: String,
         application_name: String,
-        tls: bool,
+        tls: String,
     ) -> ClientInfo {
         ClientInfo {
             id,
@@ -177,6 +178,8 @@ pub struct ServerInfo {
     pub link: AtomicU64,
     pub close_needed: AtomicBool,
     pub application_name: Mutex<String>,
+    /// `TLSv1.3/<suite>` for a TLS connection, empty otherwise (SHOW SERVERS `tls`).
+    pub tls: String,
     /// Protocol-level prepared statements this server has (SHOW SERVERS).
     pub prepared_statements: AtomicU64,
 }
@@ -189,8 +192,10 @@ impl ServerInfo {
         local_addr: String,
         local_port: u16,
         remote_pid: i32,
+        tls: String,
     ) -> ServerInfo {
         ServerInfo {
+            tls,
             id,
             addr,
             port,

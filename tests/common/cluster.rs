@@ -642,6 +642,73 @@ impl PgCluster {
         }
     }
 
+    /// Turns TLS on in the running cluster (`ssl = on` by ALTER SYSTEM and a reload, no
+    /// restart), with the given PEM server certificate chain and key, and, when
+    /// `ca_pem` is given, `ssl_ca_file` (clients may then present certificates, shown in
+    /// pg_stat_ssl.client_dn). Plaintext connections keep working (pg_hba has `host`
+    /// lines), so other tests of the same binary are unaffected. Used by tests/tls.rs,
+    /// which generates the certificates with rcgen; calling it again replaces them.
+    pub async fn enable_ssl(&self, cert_pem: &str, key_pem: &str, ca_pem: Option<&str>) {
+        use std::os::unix::fs::PermissionsExt;
+        let write = |name: &str, text: &str, mode: u32| {
+            let path = self.data_dir.join(name);
+            fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+            // PostgreSQL refuses a key file others can read.
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+                .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+            if running_as_root() {
+                let out = Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(&path)
+                    .output()
+                    .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+                assert!(out.status.success(), "chown {} failed", path.display());
+            }
+        };
+        write("harness_server.crt", cert_pem, 0o644);
+        write("harness_server.key", key_pem, 0o600);
+        let mut sql = String::from(
+            "ALTER SYSTEM SET ssl_cert_file = 'harness_server.crt';\n\
+             ALTER SYSTEM SET ssl_key_file = 'harness_server.key';\n",
+        );
+        match ca_pem {
+            Some(ca) => {
+                write("harness_ca.crt", ca, 0o644);
+                sql.push_str("ALTER SYSTEM SET ssl_ca_file = 'harness_ca.crt';\n");
+            }
+            None => sql.push_str("ALTER SYSTEM RESET ssl_ca_file;\n"),
+        }
+        sql.push_str("ALTER SYSTEM SET ssl = on;\nSELECT pg_reload_conf();");
+        let client = self.superuser().await;
+        // One statement at a time: ALTER SYSTEM refuses an implicit transaction block.
+        for stmt in sql.lines() {
+            client
+                .batch_execute(stmt)
+                .await
+                .unwrap_or_else(|e| panic!("enable_ssl: {stmt}: {e:?}"));
+        }
+        // The reload is asynchronous: wait until new backends run with ssl = on.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let on = self
+                .superuser()
+                .await
+                .query_one("SHOW ssl", &[])
+                .await
+                .map(|r| r.get::<_, String>(0) == "on")
+                .unwrap_or(false);
+            if on {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ssl did not turn on; server log tail:\n{}",
+                file_tail(&self.log_path, 20)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Creates a database owned by `owner` unless it exists, then makes sure
     /// `owner` owns it.  Safe to call concurrently with the same name.
     pub async fn create_database(&self, name: &str, owner: &str) {

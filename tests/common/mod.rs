@@ -7,7 +7,9 @@
 //! into a temp dir, an explicit `pg_hba.conf` (see [`PgCluster::create_role`]
 //! for how role name prefixes pick md5 / scram-sha-256 / password / trust),
 //! a free port on 127.0.0.1 and a Unix socket in the temp dir.  As root, the
-//! server runs as the `postgres` OS user through `runuser`.
+//! server runs as the `postgres` OS user through `runuser`.  A test binary may
+//! switch its cluster to `ssl = on` with [`PgCluster::enable_ssl`] (tests/tls.rs
+//! does, with rcgen certificates); plaintext connections keep working.
 //!
 //! # Cleanup: no process outlives the test binary
 //! * The postmaster is started by a small watchdog shell script whose stdin is

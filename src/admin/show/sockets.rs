@@ -265,6 +265,7 @@ fn socket_row(
     id: u64,
     link: u64,
     remote_pid: i32,
+    tls: &str,
     application_name: String,
     prepared_statements: u64,
     debug: bool,
@@ -292,8 +293,8 @@ fn socket_row(
         txt(ptr(id)),
         txt(ptr(link)),
         num(remote_pid),
-        // No TLS yet: PgBouncer leaves the column empty for plain sockets.
-        txt(""),
+        // PgBouncer leaves the column empty for plain sockets.
+        txt(tls),
         txt(application_name),
         num(prepared_statements),
         num(id),
@@ -323,6 +324,7 @@ fn client_row(c: &Ctx, i: &ClientInfo, state: &str, debug: bool) -> Vec<Option<S
         // PgBouncer shows the peer's pid only for Unix-socket clients (from the socket's
         // credentials); pgsluice does not record it, so 0, as for TCP clients.
         0,
+        &i.tls,
         i.application_name.lock().clone(),
         i.prepared_statements.load(Relaxed),
         debug,
@@ -346,6 +348,7 @@ fn server_row(p: &Pool, s: &ServerInfo, state: &str, debug: bool) -> Vec<Option<
         s.id,
         s.link.load(Relaxed),
         s.remote_pid,
+        &s.tls,
         s.application_name.lock().clone(),
         s.prepared_statements.load(Relaxed),
         debug,

@@ -93,6 +93,17 @@ struct Side<'a> {
     out: Option<&'a mut BytesMut>,
 }
 
+/// Nothing left to write: TLS output rustls still holds is pushed out (a TLS write may
+/// be accepted before it reaches the socket). Plain sockets answer at once.
+#[inline]
+fn flush(cx: &mut Context<'_>, s: &mut Stream) -> Poll<std::io::Result<bool>> {
+    match Pin::new(s).poll_flush(cx) {
+        Poll::Ready(Ok(())) => Poll::Ready(Ok(false)),
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
 impl<'a> Side<'a> {
     fn new(buf: &'a mut BytesMut) -> Self {
         Side {
@@ -140,7 +151,7 @@ impl<'a> Side<'a> {
     fn poll_write(&mut self, cx: &mut Context<'_>, s: &mut Stream) -> Poll<std::io::Result<bool>> {
         if let Some(out) = self.out.as_deref_mut() {
             if out.is_empty() {
-                return Poll::Ready(Ok(false));
+                return flush(cx, s);
             }
             return match Pin::new(s).poll_write(cx, out) {
                 Poll::Ready(Ok(0)) => Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
@@ -153,7 +164,7 @@ impl<'a> Side<'a> {
             };
         }
         if self.fwd == 0 {
-            return Poll::Ready(Ok(false));
+            return flush(cx, s);
         }
         match Pin::new(s).poll_write(cx, &self.buf[..self.fwd]) {
             Poll::Ready(Ok(0)) => Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
