@@ -1054,10 +1054,14 @@ async fn reload_reopens_the_logfile() {
     std::fs::rename(&log, p.path("rotate.log.1")).unwrap();
     p.signal(libc::SIGHUP);
     assert!(p.wait_for_log("got SIGHUP", LIMIT));
-    let c = client(&p, &db, &user).await;
-    c.simple_query("SELECT 1").await.unwrap();
+    // The reload finishes (and reopens the file) after "got SIGHUP" is logged: log in
+    // again until a login line lands in the new file.
     let deadline = std::time::Instant::now() + LIMIT;
     loop {
+        let c = client(&p, &db, &user).await;
+        c.simple_query("SELECT 1").await.unwrap();
+        drop(c);
+        tokio::time::sleep(Duration::from_millis(50)).await;
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         if text.contains("login attempt") {
             break;
