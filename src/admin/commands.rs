@@ -16,8 +16,8 @@
 //!   instead of freezing sockets mid-transaction, there is no `suspend_timeout`, and it
 //!   is not undone when the console session that issued it disconnects. Online restart
 //!   (`-R`) is not supported, so nothing needs more.
-//! - A CancelRequest for the console session does not turn a pending PAUSE into a
-//!   RESUME on its own: the console has to drop the PAUSE and call RESUME.
+//! - A CancelRequest for the console session turns a pending PAUSE or SUSPEND into a
+//!   RESUME, as in PgBouncer (`console::resume_on_cancel`).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -477,11 +477,11 @@ impl Tracker {
         self.quiet() && self.tx_status == b'I'
     }
 
-    /// Nothing owed and no COPY running: the server is between requests (maybe inside a
-    /// transaction block).
+    /// Nothing owed, not skipping to a Sync, and no COPY running: the server is between
+    /// requests (maybe inside a transaction block).
     #[inline]
     pub fn quiet(&self) -> bool {
-        self.queue.is_empty() && !self.ext_open && !self.copy_in && !self.copy_out
+        self.queue.is_empty() && !self.ext_open && !self.skipping && !self.copy_in && !self.copy_out
     }
 
     /// Requests still owed a ReadyForQuery.

@@ -882,3 +882,24 @@ proptest::proptest! {
         model::check(&units, &effects, &choices)?;
     }
 }
+
+/// Found by the `frontend` fuzz target: an ErrorResponse during COPY IN answered an
+/// Execute the client had sent in copy mode (its Sync ignored by the server). The server
+/// then skips to a Sync that was never queued: until the client sends one, the server is
+/// not quiet and a simple Query is discarded, so it must not be released.
+#[test]
+fn error_leaving_the_server_skipping_to_an_unsent_sync_is_not_quiet() {
+    let mut t = Tracker::default();
+    t.server_msg(b'G', 0); // CopyInResponse
+    t.client_msg(b'E'); // Execute in copy mode
+    t.client_msg(b'S'); // ignored by the server during COPY IN
+    t.server_msg(b'E', 0); // the COPY fails
+    assert!(t.skipping());
+    assert!(!t.quiet() && !t.may_release());
+    t.client_msg(b'Q'); // discarded by the server while skipping
+    assert!(!t.quiet() && !t.may_release());
+    t.client_msg(b'S');
+    assert!(!t.quiet());
+    t.server_msg(b'Z', b'I');
+    assert!(t.quiet() && t.may_release());
+}
