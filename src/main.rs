@@ -37,6 +37,23 @@ struct Cli {
     config: Option<PathBuf>,
 }
 
+// jemalloc instead of glibc malloc (issue 7): after a storm of 10,000 clients, glibc kept
+// all 110 MiB it had grown by (one arena per worker thread, freed chunks fragmented
+// between live ones). jemalloc's background thread hands freed pages back to the OS within
+// about a second, and its size classes cost less per idle client. Measured in
+// benches/side-by-side/README.md ("Optimisations and their measured effect").
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's build-time options, read once when it initialises (the `malloc_conf` symbol
+/// of jemalloc's API, `_rjem_` prefixed as tikv-jemalloc-sys builds it): purge from a
+/// background thread, dirty pages after 1 s, and skip the lazy MADV_FREE stage so the
+/// pages leave RSS at once. The symbol must be a NUL-terminated C string pointer, which a
+/// `&[u8; N]` with a trailing NUL is.
+#[export_name = "_rjem_malloc_conf"]
+pub static MALLOC_CONF: &[u8; 60] =
+    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.version {
@@ -105,11 +122,20 @@ fn main() -> ExitCode {
             .unwrap_or(1),
         n => n as usize,
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-    {
+    // One worker: a current-thread runtime. It runs the same tasks without the
+    // multi-thread scheduler's work-stealing queues and cross-thread wake-ups (measured:
+    // benches/side-by-side/README.md, "Optimisations and their measured effect").
+    let built = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    };
+    let rt = match built {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("cannot start runtime: {e}");

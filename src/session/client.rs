@@ -45,10 +45,28 @@ pub async fn serve(app: Arc<App>, mut stream: Stream, peer: PeerAddr) {
     // Set by login once the client has authenticated and waits for the pool's first
     // server login (the welcome needs its parameters).
     let mut awaiting_server = false;
+    // The login and console futures are boxed: inline, the largest of them would set the
+    // size of every client's task for its whole life, idle or not (issue 7: memory per
+    // idle client).
     let res = if timeout.is_zero() {
-        login(&app, &mut stream, &peer, id, &mut who, &mut awaiting_server).await
+        Box::pin(login(
+            &app,
+            &mut stream,
+            &peer,
+            id,
+            &mut who,
+            &mut awaiting_server,
+        ))
+        .await
     } else {
-        let attempt = login(&app, &mut stream, &peer, id, &mut who, &mut awaiting_server);
+        let attempt = Box::pin(login(
+            &app,
+            &mut stream,
+            &peer,
+            id,
+            &mut who,
+            &mut awaiting_server,
+        ));
         match tokio::time::timeout(timeout, attempt).await {
             Ok(r) => r,
             // PgBouncer tells the two apart: the client did its part, the server did not.
@@ -71,7 +89,7 @@ pub async fn serve(app: Arc<App>, mut stream: Stream, peer: PeerAddr) {
             }
         }
         Ok(Outcome::Admin(a)) => {
-            let end = crate::admin::console::run(&app, &mut stream, *a).await;
+            let end = Box::pin(crate::admin::console::run(&app, &mut stream, *a)).await;
             if let Some(e) = &end.error {
                 send_error(&app, &mut stream, &who, e).await;
             }
@@ -151,10 +169,25 @@ async fn run(app: &App, stream: &mut Stream, mut s: Session) -> End {
                     return End::fatal(PgError::fatal("client_idle_timeout"));
                 }
             }
+            // `readable` can be stale (the readiness left over from the login's reads, or
+            // a spurious wake-up), so the read is tried once without waiting: awaiting it
+            // would park every idle client on an 8 KiB buffer. Nothing there = the
+            // readiness is now cleared; back to waiting without a buffer.
             cbuf.reserve(8192);
-            match stream.read_buf(&mut cbuf).await {
-                Ok(0) | Err(_) => return End::quiet("client close request"),
-                Ok(_) => {}
+            let read = std::future::poll_fn(|cx| {
+                match tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, &mut cbuf) {
+                    Poll::Ready(r) => Poll::Ready(Some(r)),
+                    Poll::Pending => Poll::Ready(None),
+                }
+            })
+            .await;
+            match read {
+                None => {
+                    cbuf = BytesMut::new();
+                    continue;
+                }
+                Some(Ok(0) | Err(_)) => return End::quiet("client close request"),
+                Some(Ok(_)) => {}
             }
         }
         // Wait for a whole header: Terminate must not cost a lease. A client that stops
@@ -215,192 +248,20 @@ async fn run(app: &App, stream: &mut Stream, mut s: Session) -> End {
                 continue;
             }
         }
-        let wait_from = Instant::now();
-        info.request_time_us
-            .store(crate::stats::now_us(), Ordering::Relaxed);
-        info.set_state(ClientState::Waiting);
-        info.wait_start_us
-            .store(crate::stats::now_us(), Ordering::Relaxed);
-        let leased = {
-            let mut leasing = std::pin::pin!(lease(&s));
-            // Most requests find an idle server at once: no select, no timer.
-            match std::future::poll_fn(|cx| Poll::Ready(leasing.as_mut().poll(cx))).await {
-                Poll::Ready(r) => r.map_err(End::fatal),
-                Poll::Pending => {
-                    queued(
-                        stream,
-                        leasing,
-                        &info,
-                        wait_from,
-                        settings.query_wait_notify,
-                    )
-                    .await
-                }
-            }
-        };
-        info.wait_start_us.store(0, Ordering::Relaxed);
-        let mut server = match leased {
-            Ok(c) => c,
-            Err(end) => return end,
-        };
-        let mut tx = TxStats {
-            server_assignment_count: 1,
-            wait_time: wait_from.elapsed().as_micros() as u64,
-            ..Default::default()
-        };
-        info.set_state(ClientState::Active);
-        info.link.store(server.id, Ordering::Relaxed);
-        server.info.set_state(ServerState::Active);
-        server.info.link.store(info.id, Ordering::Relaxed);
-        server
-            .info
-            .request_time_us
-            .store(crate::stats::now_us(), Ordering::Relaxed);
-        if let Some(sql) = s.params.sync_sql(&server.params) {
-            if simple_query(&mut server, &sql, settings.max_packet_size)
-                .await
-                .is_err()
-            {
-                s.pool.discard(server);
-                return End::fatal(PgError::fatal("invalid server parameter"));
-            }
-            s.params.adopt_canonical(&server.params);
-        }
-        s.cancel.slot.arm(ServerKey {
-            addr: server.addr.clone(),
-            pid: server.backend_pid,
-            secret: server.backend_secret,
-        });
-        tracker.reset();
-        let mut meter = Meter::new(&mut tx).with_timeouts(Timeouts {
-            query: settings.query_timeout,
-            idle_transaction: settings.idle_transaction_timeout,
-            transaction: settings.transaction_timeout,
-        });
-        // max_prepared_statements > 0 outside session mode: named statements are
-        // rewritten. A client that already has statements keeps that even if a RELOAD
-        // set the limit to 0, or its names would stop working.
-        let max_prepared = app.config.load().general.max_prepared_statements as usize;
-        let prepared =
-            if settings.mode != PoolMode::Session && (max_prepared > 0 || !stmts.is_empty()) {
-                stmts.new_lease(max_prepared.max(1), Arc::as_ptr(&s.pool) as usize);
-                server.prepared.new_lease();
-                Some((&mut stmts, &mut stmts_out))
-            } else {
-                None
-            };
-        let end = tokio::select! {
-            end = relay_with(
-                stream,
-                &mut cbuf,
-                &mut server,
-                &mut tracker,
-                &mut s.params,
-                &mut meter,
-                settings.mode,
-                settings.max_packet_size,
-                prepared,
-            ) => end,
-            _ = info.kill_notify.notified() => RelayEnd::Killed,
-        };
-        info.prepared_statements
-            .store(stmts.len() as u64, Ordering::Relaxed);
-        server
-            .info
-            .prepared_statements
-            .store(server.prepared.len() as u64, Ordering::Relaxed);
-        let cache = std::mem::take(&mut stmts.counters);
-        tx.prepared_cache_hits += cache.hits;
-        tx.prepared_cache_misses += cache.misses;
-        tx.prepared_cache_evictions += cache.evictions;
-        s.pool.stats.add(&tx);
-        crate::stats::prometheus::lease_done(&s.pool, &tx);
-        info.set_state(ClientState::Idle);
-        info.link.store(0, Ordering::Relaxed);
-        let cancels_done = s.cancel.slot.disarm().await;
-        match end {
-            RelayEnd::Release => {
-                if !cancels_done {
-                    s.pool.discard(server);
-                } else if settings.server_reset_query_always
-                    && !settings.server_reset_query.is_empty()
-                {
-                    reset_and_release(&s, server, &settings.server_reset_query).await;
-                } else {
-                    s.pool.release(server);
-                }
-            }
-            RelayEnd::ClientTerminated => {
-                // Session mode (or any mode with the server idle): reset, then reuse.
-                let reset =
-                    settings.mode == PoolMode::Session || settings.server_reset_query_always;
-                if tracker.tx_status() != b'I' || !cancels_done {
-                    s.pool.discard(server);
-                } else if reset && !settings.server_reset_query.is_empty() {
-                    reset_and_release(&s, server, &settings.server_reset_query).await;
-                } else {
-                    s.pool.release(server);
-                }
-                return End::quiet("client close request");
-            }
-            RelayEnd::ClientGone => {
-                // Mid-transaction or mid-request: never hand this server to anyone else.
-                if tracker.may_release() && cancels_done && settings.mode != PoolMode::Session {
-                    s.pool.release(server);
-                } else if tracker.quiet() && tracker.tx_status() == b'I' && cancels_done {
-                    reset_and_release(&s, server, &settings.server_reset_query).await;
-                } else {
-                    s.pool.discard(server);
-                }
-                return End::quiet("client unexpected eof");
-            }
-            RelayEnd::ServerGone => {
-                s.pool.discard(server);
-                return End::fatal(PgError::fatal("server conn crashed?"));
-            }
-            RelayEnd::ClientProtocol(e) => {
-                s.pool.discard(server);
-                return End::fatal(PgError::fatal(e.to_string()));
-            }
-            RelayEnd::ServerProtocol(e) => {
-                s.pool.discard(server);
-                return End::fatal(PgError::fatal(format!("server sent bad packet: {e}")));
-            }
-            RelayEnd::Killed => {
-                s.pool.discard(server);
-                return End::fatal(PgError::fatal(info.kill_reason.lock().clone()));
-            }
-            RelayEnd::ServerOutOfStep => {
-                s.pool.discard(server);
-                return End::fatal(PgError::fatal("server sent an unexpected message"));
-            }
-            RelayEnd::FastClose => {
-                // Idle and owing nothing: release closes it (close_needed) cleanly.
-                s.pool.release(server);
-                return End::fatal(PgError::fatal("database configuration changed"));
-            }
-            RelayEnd::StatementViolation => {
-                s.pool.discard(server);
-                return End::fatal(PgError::fatal(
-                    "transaction blocks not allowed in statement pooling mode",
-                ));
-            }
-            RelayEnd::Timeout { what, in_sync } => {
-                // Closed, not rolled back and reused: closing needs no round trip and
-                // leaves nothing to prove clean (PgBouncer closes it too). A backend
-                // idle in a transaction sees EOF and aborts at once; a busy one would
-                // finish its query first, so it is cancelled as well.
-                if !tracker.quiet() {
-                    cancel_running(&server);
-                }
-                s.pool.discard(server);
-                if !in_sync {
-                    // An ErrorResponse after half a message would be read as part of
-                    // it; a plain close is the clearer end.
-                    return End::quiet(what.message());
-                }
-                return End::fatal(PgError::fatal(what.message()));
-            }
+        let settled = Box::pin(transaction(
+            app,
+            stream,
+            &mut s,
+            &mut cbuf,
+            &mut tracker,
+            &mut stmts,
+            &mut stmts_out,
+            &info,
+            &settings,
+        ))
+        .await;
+        if let Err(end) = settled {
+            return end;
         }
         if cbuf.is_empty() {
             // Give the buffer back: an idle client holds no read buffer.
@@ -408,6 +269,209 @@ async fn run(app: &App, stream: &mut Stream, mut s: Session) -> End {
         }
         idle_until = idle_deadline(&settings);
     }
+}
+
+/// One lease: a server for the request in `cbuf`, parameters synchronised, the relay to
+/// the release point, the server returned. `Ok` = the client is idle again.
+///
+/// A function of its own, boxed by the caller, because what it keeps across its awaits
+/// (settings, the server, meters, the relay) would otherwise stay reserved in every
+/// client's task while it is idle: the box lives only as long as the transaction.
+#[allow(clippy::too_many_arguments)]
+async fn transaction(
+    app: &App,
+    stream: &mut Stream,
+    s: &mut Session,
+    cbuf: &mut BytesMut,
+    tracker: &mut Tracker,
+    stmts: &mut ClientStatements,
+    stmts_out: &mut BytesMut,
+    info: &crate::stats::ClientInfo,
+    settings: &crate::pool::PoolSettings,
+) -> Result<(), End> {
+    let wait_from = Instant::now();
+    info.request_time_us
+        .store(crate::stats::now_us(), Ordering::Relaxed);
+    info.set_state(ClientState::Waiting);
+    info.wait_start_us
+        .store(crate::stats::now_us(), Ordering::Relaxed);
+    let leased = {
+        let mut leasing = std::pin::pin!(lease(s));
+        // Most requests find an idle server at once: no select, no timer.
+        match std::future::poll_fn(|cx| Poll::Ready(leasing.as_mut().poll(cx))).await {
+            Poll::Ready(r) => r.map_err(End::fatal),
+            Poll::Pending => {
+                queued(stream, leasing, info, wait_from, settings.query_wait_notify).await
+            }
+        }
+    };
+    info.wait_start_us.store(0, Ordering::Relaxed);
+    let mut server = match leased {
+        Ok(c) => c,
+        Err(end) => return Err(end),
+    };
+    let mut tx = TxStats {
+        server_assignment_count: 1,
+        wait_time: wait_from.elapsed().as_micros() as u64,
+        ..Default::default()
+    };
+    info.set_state(ClientState::Active);
+    info.link.store(server.id, Ordering::Relaxed);
+    server.info.set_state(ServerState::Active);
+    server.info.link.store(info.id, Ordering::Relaxed);
+    server
+        .info
+        .request_time_us
+        .store(crate::stats::now_us(), Ordering::Relaxed);
+    if let Some(sql) = s.params.sync_sql(&server.params) {
+        if simple_query(&mut server, &sql, settings.max_packet_size)
+            .await
+            .is_err()
+        {
+            s.pool.discard(server);
+            return Err(End::fatal(PgError::fatal("invalid server parameter")));
+        }
+        s.params.adopt_canonical(&server.params);
+    }
+    s.cancel.slot.arm(ServerKey {
+        addr: server.addr.clone(),
+        pid: server.backend_pid,
+        secret: server.backend_secret,
+    });
+    tracker.reset();
+    let mut meter = Meter::new(&mut tx).with_timeouts(Timeouts {
+        query: settings.query_timeout,
+        idle_transaction: settings.idle_transaction_timeout,
+        transaction: settings.transaction_timeout,
+    });
+    // max_prepared_statements > 0 outside session mode: named statements are
+    // rewritten. A client that already has statements keeps that even if a RELOAD
+    // set the limit to 0, or its names would stop working.
+    let max_prepared = app.config.load().general.max_prepared_statements as usize;
+    let prepared = if settings.mode != PoolMode::Session && (max_prepared > 0 || !stmts.is_empty())
+    {
+        stmts.new_lease(max_prepared.max(1), Arc::as_ptr(&s.pool) as usize);
+        server.prepared.new_lease();
+        Some((&mut *stmts, &mut *stmts_out))
+    } else {
+        None
+    };
+    let end = tokio::select! {
+        end = relay_with(
+            stream,
+            cbuf,
+            &mut server,
+            tracker,
+            &mut s.params,
+            &mut meter,
+            settings.mode,
+            settings.max_packet_size,
+            prepared,
+        ) => end,
+        _ = info.kill_notify.notified() => RelayEnd::Killed,
+    };
+    info.prepared_statements
+        .store(stmts.len() as u64, Ordering::Relaxed);
+    server
+        .info
+        .prepared_statements
+        .store(server.prepared.len() as u64, Ordering::Relaxed);
+    let cache = std::mem::take(&mut stmts.counters);
+    tx.prepared_cache_hits += cache.hits;
+    tx.prepared_cache_misses += cache.misses;
+    tx.prepared_cache_evictions += cache.evictions;
+    s.pool.stats.add(&tx);
+    crate::stats::prometheus::lease_done(&s.pool, &tx);
+    info.set_state(ClientState::Idle);
+    info.link.store(0, Ordering::Relaxed);
+    let cancels_done = s.cancel.slot.disarm().await;
+    match end {
+        RelayEnd::Release => {
+            if !cancels_done {
+                s.pool.discard(server);
+            } else if settings.server_reset_query_always && !settings.server_reset_query.is_empty()
+            {
+                reset_and_release(s, server, &settings.server_reset_query).await;
+            } else {
+                s.pool.release(server);
+            }
+        }
+        RelayEnd::ClientTerminated => {
+            // Session mode (or any mode with the server idle): reset, then reuse.
+            let reset = settings.mode == PoolMode::Session || settings.server_reset_query_always;
+            if tracker.tx_status() != b'I' || !cancels_done {
+                s.pool.discard(server);
+            } else if reset && !settings.server_reset_query.is_empty() {
+                reset_and_release(s, server, &settings.server_reset_query).await;
+            } else {
+                s.pool.release(server);
+            }
+            return Err(End::quiet("client close request"));
+        }
+        RelayEnd::ClientGone => {
+            // Mid-transaction or mid-request: never hand this server to anyone else.
+            if tracker.may_release() && cancels_done && settings.mode != PoolMode::Session {
+                s.pool.release(server);
+            } else if tracker.quiet() && tracker.tx_status() == b'I' && cancels_done {
+                reset_and_release(s, server, &settings.server_reset_query).await;
+            } else {
+                s.pool.discard(server);
+            }
+            return Err(End::quiet("client unexpected eof"));
+        }
+        RelayEnd::ServerGone => {
+            s.pool.discard(server);
+            return Err(End::fatal(PgError::fatal("server conn crashed?")));
+        }
+        RelayEnd::ClientProtocol(e) => {
+            s.pool.discard(server);
+            return Err(End::fatal(PgError::fatal(e.to_string())));
+        }
+        RelayEnd::ServerProtocol(e) => {
+            s.pool.discard(server);
+            return Err(End::fatal(PgError::fatal(format!(
+                "server sent bad packet: {e}"
+            ))));
+        }
+        RelayEnd::Killed => {
+            s.pool.discard(server);
+            return Err(End::fatal(PgError::fatal(info.kill_reason.lock().clone())));
+        }
+        RelayEnd::ServerOutOfStep => {
+            s.pool.discard(server);
+            return Err(End::fatal(PgError::fatal(
+                "server sent an unexpected message",
+            )));
+        }
+        RelayEnd::FastClose => {
+            // Idle and owing nothing: release closes it (close_needed) cleanly.
+            s.pool.release(server);
+            return Err(End::fatal(PgError::fatal("database configuration changed")));
+        }
+        RelayEnd::StatementViolation => {
+            s.pool.discard(server);
+            return Err(End::fatal(PgError::fatal(
+                "transaction blocks not allowed in statement pooling mode",
+            )));
+        }
+        RelayEnd::Timeout { what, in_sync } => {
+            // Closed, not rolled back and reused: closing needs no round trip and
+            // leaves nothing to prove clean (PgBouncer closes it too). A backend
+            // idle in a transaction sees EOF and aborts at once; a busy one would
+            // finish its query first, so it is cancelled as well.
+            if !tracker.quiet() {
+                cancel_running(&server);
+            }
+            s.pool.discard(server);
+            if !in_sync {
+                // An ErrorResponse after half a message would be read as part of
+                // it; a plain close is the clearer end.
+                return Err(End::quiet(what.message()));
+            }
+            return Err(End::fatal(PgError::fatal(what.message())));
+        }
+    }
+    Ok(())
 }
 
 /// When an idle client is dropped with "client_idle_timeout"; `None` = never. Session mode
