@@ -1077,7 +1077,7 @@ async fn autodb_is_freed_after_autodb_idle_timeout() {
     let (db, user) = ("sh_autodb_db", "sh_autodb_user");
     prepare(db, user).await;
     let p = start(
-        &[format!("* = host=127.0.0.1 port={}", cluster().port())],
+        &["* = host={pg_host} port={pg_port}".to_string()],
         "pool_mode = transaction\nautodb_idle_timeout = 2",
         &[user],
     );
@@ -1116,8 +1116,7 @@ async fn empty_pool_is_freed_after_pool_idle_timeout() {
     prepare(db, user).await;
     let p = start(
         &[format!(
-            "{db} = host=127.0.0.1 port={} dbname={db}",
-            cluster().port()
+            "{db} = host={{pg_host}} port={{pg_port}} dbname={db}"
         )],
         "pool_mode = transaction\nserver_idle_timeout = 1\npool_idle_timeout = 1",
         &[user],

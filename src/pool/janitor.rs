@@ -8,7 +8,7 @@
 //! It also frees pools nobody uses: auto-databases (from the `*` entry) after
 //! autodb_idle_timeout without clients, other pools after pool_idle_timeout empty.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,8 +44,13 @@ impl Unused {
         let cfg = app.config.load();
         let g = &cfg.general;
         let pools = app.registry.all();
+        // Forget pools freed or replaced since the last tick (one pass, not pools × pools).
+        let live: HashSet<(&str, &str)> = pools
+            .iter()
+            .map(|p| (p.db_name.as_str(), p.user_name.as_str()))
+            .collect();
         self.since
-            .retain(|k, _| pools.iter().any(|p| p.db_name == k.0 && p.user_name == k.1));
+            .retain(|k, _| live.contains(&(k.0.as_str(), k.1.as_str())));
         for p in pools {
             let auto = !cfg.databases.contains_key(&p.db_name);
             let limit = if auto {
