@@ -243,6 +243,15 @@ impl Proxy {
         }
     }
 
+    /// Waits until connects to the proxy are refused (the aborted listener is closed).
+    async fn wait_refused(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(self.addr).await.is_ok() {
+            assert!(Instant::now() < deadline, "the proxy still accepts after cut()");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Existing connections stop forwarding in both directions but stay open.
     fn freeze_existing(&self) {
         for (_, tx) in self.conns.lock().unwrap().iter() {
@@ -458,6 +467,15 @@ async fn fast_fail_while_down_and_recovery_when_back() {
     value(&early, "SELECT 1").await.expect("before the outage");
 
     proxy.cut();
+    // The cut is complete (connects refused) and the pooler has dropped its idle server:
+    // a request racing the cut could otherwise be sent on the dying connection ("server
+    // conn crashed?") or reach the closing listener (a reset instead of a refusal).
+    proxy.wait_refused().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !servers_of(&p, db).await.is_empty() {
+        assert!(Instant::now() < deadline, "the dead idle server was not dropped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The already-logged-in client asks while the server is down: it queues.
     let e2 = early.clone();
     let queued = tokio::spawn(async move {
@@ -480,10 +498,12 @@ async fn fast_fail_while_down_and_recovery_when_back() {
             Err(e) => {
                 let took = t.elapsed();
                 let (code, msg) = error_of(&e);
-                assert_eq!(code, "08P01", "{msg}");
+                assert_eq!(code, "08P01", "{msg}\n{}", p.log());
                 assert!(
                     msg.starts_with("server login has been failing, cached error: connect failed"),
-                    "{msg}"
+                    "{msg} after {:?}\n{}",
+                    t.elapsed(),
+                    p.log()
                 );
                 // Far below server_connect_timeout (5 s): the answer did not wait for a
                 // connect attempt. Generous so a loaded CI machine does not flake.
