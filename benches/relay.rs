@@ -22,7 +22,7 @@ use tokio::net::UnixStream;
 
 use pgsluice::config::PoolMode;
 use pgsluice::net::Stream;
-use pgsluice::server::{ServerAddr, ServerConn, ServerParams};
+use pgsluice::server::{Backend, ServerAddr, ServerConn, ServerParams};
 use pgsluice::session::params::ClientParams;
 use pgsluice::session::relay::{relay, Meter, RelayEnd};
 use pgsluice::session::tracker::Tracker;
@@ -111,7 +111,7 @@ impl Rig {
         let reply = answer(rows, row_bytes);
         let reply_len = reply.len();
         tokio::spawn(fake_server(fake, reply));
-        let server = ServerConn {
+        let server: ServerConn = Box::new(Backend {
             stream: Stream::Unix(pooler_server),
             rbuf: BytesMut::new(),
             params: ServerParams::default(),
@@ -135,7 +135,7 @@ impl Rig {
             lifetime_factor: 1.0,
             fast_close: false,
             prepared: Default::default(),
-        };
+        });
         let mut query = Vec::new();
         msg(
             &mut query,

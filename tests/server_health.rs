@@ -247,7 +247,10 @@ impl Proxy {
     async fn wait_refused(&self) {
         let deadline = Instant::now() + Duration::from_secs(5);
         while TcpStream::connect(self.addr).await.is_ok() {
-            assert!(Instant::now() < deadline, "the proxy still accepts after cut()");
+            assert!(
+                Instant::now() < deadline,
+                "the proxy still accepts after cut()"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -473,7 +476,10 @@ async fn fast_fail_while_down_and_recovery_when_back() {
     proxy.wait_refused().await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !servers_of(&p, db).await.is_empty() {
-        assert!(Instant::now() < deadline, "the dead idle server was not dropped");
+        assert!(
+            Instant::now() < deadline,
+            "the dead idle server was not dropped"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The already-logged-in client asks while the server is down: it queues.

@@ -392,7 +392,7 @@ pub async fn run(app: &Arc<App>, stream: &mut Stream, s: AdminSession) -> Consol
         }
         let msg = tokio::select! {
             r = read_msg(stream, &mut rbuf, MAX_MSG) => r,
-            _ = info.kill_notify.notified() => continue,
+            _ = info.killed() => continue,
         };
         let msg = match msg {
             Ok(m) => m,

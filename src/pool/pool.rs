@@ -291,7 +291,8 @@ impl Pool {
     /// client by both; the shorter one names the error, query_timeout on a tie.
     pub async fn acquire(&self) -> Result<ServerConn, PgError> {
         let s = self.settings();
-        let start = Instant::now();
+        // When the wait began: read only if there is one (a PAUSE, or no idle server).
+        let mut start = None;
         // The bound on the whole wait and the error it ends with; `None` = no bound.
         let limit = match (s.query_timeout.is_zero(), s.query_wait_timeout.is_zero()) {
             (true, true) => None,
@@ -304,6 +305,7 @@ impl Pool {
         };
         let expired = || PgError::fatal(limit.map_or("query_wait_timeout", |(_, text)| text));
         if self.is_paused() {
+            start = Some(Instant::now());
             let open = async {
                 while self.is_paused() {
                     self.global.wait_open().await;
@@ -345,6 +347,7 @@ impl Pool {
             });
             (id, rx)
         };
+        let start = start.unwrap_or_else(Instant::now);
         let mut slot = QueueSlot {
             pool: self,
             id,

@@ -63,8 +63,15 @@ pub fn next_id() -> u64 {
     NEXT_ID.fetch_add(1, Ordering::Relaxed)
 }
 
+/// A server connection as the pool and a leasing client hold it: boxed, so handing it
+/// from the pool to a client, through the waiters' channel and back moves one pointer,
+/// not the whole struct (callgrind: the moves cost more than a tenth of the pooler's
+/// user-space instructions per transaction before it was boxed).
+pub type ServerConn = Box<Backend>;
+
+/// One logged-in PostgreSQL connection (see [`ServerConn`]).
 #[derive(Debug)]
-pub struct ServerConn {
+pub struct Backend {
     pub stream: Stream,
     /// Bytes already read from the server but not yet consumed (normally empty between
     /// transactions).
@@ -107,7 +114,7 @@ pub fn lifetime_jitter() -> f64 {
     1.0 - rand::random::<f64>() * LIFETIME_JITTER
 }
 
-impl ServerConn {
+impl Backend {
     /// Older than its share of `lifetime`. Zero = use once (PgBouncer): always expired.
     pub fn lifetime_over(&self, lifetime: std::time::Duration, now: Instant) -> bool {
         lifetime.is_zero()

@@ -665,7 +665,7 @@ async fn login(
         key.0,
         stream.tls_description(),
     ));
-    Ok(ServerConn {
+    Ok(Box::new(super::conn::Backend {
         stream,
         rbuf,
         params: sp,
@@ -681,7 +681,7 @@ async fn login(
         lifetime_factor: super::conn::lifetime_jitter(),
         fast_close: false,
         prepared: Default::default(),
-    })
+    }))
 }
 
 fn plain_password(cred: &Credential) -> Option<&str> {

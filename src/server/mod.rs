@@ -4,5 +4,5 @@
 pub mod conn;
 pub mod login;
 
-pub use conn::{ServerAddr, ServerConn, ServerParams};
+pub use conn::{Backend, ServerAddr, ServerConn, ServerParams};
 pub use login::{connect, Credential, LoginError, Target};

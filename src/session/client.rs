@@ -162,9 +162,10 @@ async fn run(app: &App, stream: &mut Stream, mut s: Session) -> End {
                 return End::fatal(PgError::fatal("server shutting down"));
             }
             tokio::select! {
+                biased;
                 r = stream.readable() => if r.is_err() { return End::quiet("client close request") },
                 _ = shutdown.changed() => return End::fatal(PgError::fatal("server shutting down")),
-                _ = info.kill_notify.notified() => continue,
+                _ = info.killed() => continue,
                 _ = expire(idle_until), if idle_until.is_some() => {
                     return End::fatal(PgError::fatal("client_idle_timeout"));
                 }
@@ -289,20 +290,22 @@ async fn transaction(
     info: &crate::stats::ClientInfo,
     settings: &crate::pool::PoolSettings,
 ) -> Result<(), End> {
+    // Clock reads are counted here: a lease that finds an idle server reads the clock
+    // once for the SHOW columns and once for the meter, and a queued one twice more.
     let wait_from = Instant::now();
-    info.request_time_us
-        .store(crate::stats::now_us(), Ordering::Relaxed);
+    let request_us = crate::stats::now_us();
+    info.request_time_us.store(request_us, Ordering::Relaxed);
     info.set_state(ClientState::Waiting);
-    info.wait_start_us
-        .store(crate::stats::now_us(), Ordering::Relaxed);
-    let leased = {
+    info.wait_start_us.store(request_us, Ordering::Relaxed);
+    let (leased, waited) = {
         let mut leasing = std::pin::pin!(lease(s));
         // Most requests find an idle server at once: no select, no timer.
         match std::future::poll_fn(|cx| Poll::Ready(leasing.as_mut().poll(cx))).await {
-            Poll::Ready(r) => r.map_err(End::fatal),
-            Poll::Pending => {
-                queued(stream, leasing, info, wait_from, settings.query_wait_notify).await
-            }
+            Poll::Ready(r) => (r.map_err(End::fatal), false),
+            Poll::Pending => (
+                queued(stream, leasing, info, wait_from, settings.query_wait_notify).await,
+                true,
+            ),
         }
     };
     info.wait_start_us.store(0, Ordering::Relaxed);
@@ -310,9 +313,14 @@ async fn transaction(
         Ok(c) => c,
         Err(end) => return Err(end),
     };
+    let (leased_at, leased_us) = if waited {
+        (Instant::now(), crate::stats::now_us())
+    } else {
+        (wait_from, request_us)
+    };
     let mut tx = TxStats {
         server_assignment_count: 1,
-        wait_time: wait_from.elapsed().as_micros() as u64,
+        wait_time: leased_at.saturating_duration_since(wait_from).as_micros() as u64,
         ..Default::default()
     };
     info.set_state(ClientState::Active);
@@ -322,7 +330,7 @@ async fn transaction(
     server
         .info
         .request_time_us
-        .store(crate::stats::now_us(), Ordering::Relaxed);
+        .store(leased_us, Ordering::Relaxed);
     if let Some(sql) = s.params.sync_sql(&server.params) {
         if simple_query(&mut server, &sql, settings.max_packet_size)
             .await
@@ -339,11 +347,13 @@ async fn transaction(
         secret: server.backend_secret,
     });
     tracker.reset();
-    let mut meter = Meter::new(&mut tx).with_timeouts(Timeouts {
-        query: settings.query_timeout,
-        idle_transaction: settings.idle_transaction_timeout,
-        transaction: settings.transaction_timeout,
-    });
+    let mut meter = Meter::new(&mut tx)
+        .starting_at(leased_at)
+        .with_timeouts(Timeouts {
+            query: settings.query_timeout,
+            idle_transaction: settings.idle_transaction_timeout,
+            transaction: settings.transaction_timeout,
+        });
     // max_prepared_statements > 0 outside session mode: named statements are
     // rewritten. A client that already has statements keeps that even if a RELOAD
     // set the limit to 0, or its names would stop working.
@@ -357,6 +367,7 @@ async fn transaction(
         None
     };
     let end = tokio::select! {
+        biased;
         end = relay_with(
             stream,
             cbuf,
@@ -368,7 +379,7 @@ async fn transaction(
             settings.max_packet_size,
             prepared,
         ) => end,
-        _ = info.kill_notify.notified() => RelayEnd::Killed,
+        _ = info.killed() => RelayEnd::Killed,
     };
     info.prepared_statements
         .store(stmts.len() as u64, Ordering::Relaxed);
@@ -519,8 +530,9 @@ where
     };
     loop {
         tokio::select! {
+            biased;
             r = leasing.as_mut() => return r.map_err(End::fatal),
-            _ = info.kill_notify.notified() => {
+            _ = info.killed() => {
                 return Err(End::fatal(PgError::fatal(info.kill_reason.lock().clone())));
             }
             _ = expire(notify_at), if notify_at.is_some() => {

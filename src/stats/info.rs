@@ -4,8 +4,8 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 
 /// Client states, as SHOW CLIENTS names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +65,9 @@ pub struct ClientInfo {
     /// Set by KILL_CLIENT / KILL: the session ends with `reason` at its next await point.
     pub killed: AtomicBool,
     pub kill_reason: Mutex<String>,
-    pub kill_notify: Notify,
+    /// The session's task, woken by [`ClientInfo::kill`]. One waker, registered with an
+    /// atomic swap: a `Notify` here cost a mutex and a waiter list on every relay poll.
+    kill_waker: AtomicWaker,
     /// Protocol-level prepared statements in this client's map (SHOW CLIENTS).
     pub prepared_statements: AtomicU64,
 }
@@ -101,7 +103,7 @@ impl ClientInfo {
             cancel_pid: AtomicU32::new(0),
             killed: AtomicBool::new(false),
             kill_reason: Mutex::new(String::new()),
-            kill_notify: Notify::new(),
+            kill_waker: AtomicWaker::new(),
             prepared_statements: AtomicU64::new(0),
         }
     }
@@ -119,7 +121,23 @@ impl ClientInfo {
         *self.kill_reason.lock() = reason.to_string();
         self.killed
             .store(true, std::sync::atomic::Ordering::Release);
-        self.kill_notify.notify_one();
+        self.kill_waker.wake();
+    }
+
+    /// Ready once the session has been killed (at once if it already was). Only the
+    /// session's own task waits on it.
+    pub fn killed(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.is_killed() {
+                return std::task::Poll::Ready(());
+            }
+            self.kill_waker.register(cx.waker());
+            if self.is_killed() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
     }
 
     pub fn is_killed(&self) -> bool {

@@ -54,6 +54,8 @@ pub struct Meter<'a> {
     /// began at: a later ReadyForQuery starts a new stretch even if no wake-up saw the
     /// server busy in between.
     idle_mark: Option<(u64, Instant)>,
+    /// When the lease began, until the first request scan has used it.
+    pub(super) lease_start: Option<Instant>,
 }
 
 impl<'a> Meter<'a> {
@@ -64,10 +66,18 @@ impl<'a> Meter<'a> {
             xact_start: None,
             limits: Timeouts::default(),
             idle_mark: None,
+            lease_start: None,
         }
     }
 
     /// Enforce these timeouts during the relay.
+    /// The lease began at `t`: the requests already buffered when it began are timed
+    /// from there, without another clock read.
+    pub fn starting_at(mut self, t: Instant) -> Self {
+        self.lease_start = Some(t);
+        self
+    }
+
     pub fn with_timeouts(mut self, limits: Timeouts) -> Self {
         self.limits = limits;
         self
@@ -75,7 +85,7 @@ impl<'a> Meter<'a> {
 
     #[inline]
     pub(super) fn request(&mut self, now: &mut Option<Instant>) {
-        let t = *now.get_or_insert_with(Instant::now);
+        let t = *now.get_or_insert_with(|| self.lease_start.take().unwrap_or_else(Instant::now));
         self.query_start.get_or_insert(t);
         self.xact_start.get_or_insert(t);
     }

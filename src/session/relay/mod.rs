@@ -365,7 +365,7 @@ pub async fn relay_with(
     max_packet: u32,
     prepared: Option<(&mut ClientStatements, &mut BytesMut)>,
 ) -> RelayEnd {
-    let ServerConn {
+    let crate::server::Backend {
         stream: sstream,
         rbuf,
         prepared: sprep,
@@ -373,7 +373,7 @@ pub async fn relay_with(
         info: sinfo,
         fast_close,
         ..
-    } = server;
+    } = &mut **server;
     let mut c = Side::new(cbuf);
     let mut s = Side::new(rbuf);
     let mut cs = match prepared {
@@ -397,6 +397,8 @@ pub async fn relay_with(
         None => scan_client(&mut c, tracker, meter, max_packet),
         Some(cs) => scan_client_prepared(&mut c, cs, sprep, tracker, meter, max_packet),
     };
+    // Later requests are timed when they are read.
+    meter.lease_start = None;
     match scanned {
         Err(e) => return RelayEnd::ClientProtocol(e),
         Ok(Some(Stop::Terminate)) => terminating = true,
