@@ -135,6 +135,7 @@ impl Rig {
             lifetime_factor: 1.0,
             fast_close: false,
             prepared: Default::default(),
+            params_synced: None,
         });
         let mut query = Vec::new();
         msg(

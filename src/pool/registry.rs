@@ -240,6 +240,7 @@ pub fn settings_for(cfg: &Config, db: &Database, user: &str) -> PoolSettings {
         server_reset_query: g.server_reset_query.clone(),
         server_reset_query_always: g.server_reset_query_always,
         max_packet_size: g.max_packet_size,
+        max_prepared_statements: g.max_prepared_statements,
         forced_user: db.user.is_some(),
     }
 }

@@ -26,10 +26,24 @@ impl std::fmt::Display for ServerAddr {
 
 /// Parameters the server reported with ParameterStatus, in arrival order. A handful of
 /// entries: a Vec beats a map here.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ServerParams(pub Vec<(String, String)>);
+#[derive(Debug, Clone, Default)]
+pub struct ServerParams(pub Vec<(String, String)>, u64);
+
+impl PartialEq for ServerParams {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for ServerParams {}
 
 impl ServerParams {
+    /// Counts changes made through [`ServerParams::set`]: equal versions of one server's
+    /// parameters have equal values.
+    pub fn version(&self) -> u64 {
+        self.1
+    }
+
     pub fn get(&self, name: &str) -> Option<&str> {
         // Tracked names are kept in the server's own spelling, so the exact match almost
         // always hits; the case-insensitive scan is the fallback.
@@ -49,9 +63,11 @@ impl ServerParams {
             if e.1 != value {
                 e.1.clear();
                 e.1.push_str(value);
+                self.1 += 1;
             }
         } else {
             self.0.push((name.to_string(), value.to_string()));
+            self.1 += 1;
         }
     }
 }
@@ -102,6 +118,10 @@ pub struct Backend {
     /// Protocol-level prepared statements this server has (transaction/statement mode
     /// with max_prepared_statements > 0; empty otherwise).
     pub prepared: crate::session::prepared::ServerStatements,
+    /// (client parameter set number, `params.version()`) when this server's tracked
+    /// parameters were last found equal to that set: a lease by a client with the same
+    /// set, while the version is unchanged, needs no comparison.
+    pub params_synced: Option<(u64, u64)>,
 }
 
 /// Up to this fraction of server_lifetime is taken off each server's lifetime, at random.

@@ -681,6 +681,7 @@ async fn login(
         lifetime_factor: super::conn::lifetime_jitter(),
         fast_close: false,
         prepared: Default::default(),
+        params_synced: None,
     }))
 }
 

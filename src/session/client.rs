@@ -174,7 +174,7 @@ async fn run(app: &App, stream: &mut Stream, mut s: Session) -> End {
             // a spurious wake-up), so the read is tried once without waiting: awaiting it
             // would park every idle client on an 8 KiB buffer. Nothing there = the
             // readiness is now cleared; back to waiting without a buffer.
-            cbuf.reserve(8192);
+            cbuf = BytesMut::with_capacity(8192);
             let read = std::future::poll_fn(|cx| {
                 match tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, &mut cbuf) {
                     Poll::Ready(r) => Poll::Ready(Some(r)),
@@ -225,7 +225,7 @@ async fn run(app: &App, stream: &mut Stream, mut s: Session) -> End {
         // Parse + Sync of a statement this pool knows: answered without a server.
         if cbuf[0] == b'P'
             && settings.mode != PoolMode::Session
-            && (app.config.load().general.max_prepared_statements > 0 || !stmts.is_empty())
+            && (settings.max_prepared_statements > 0 || !stmts.is_empty())
         {
             let mut reply = BytesMut::new();
             if let Some(n) = stmts.answer_without_server(
@@ -250,7 +250,6 @@ async fn run(app: &App, stream: &mut Stream, mut s: Session) -> End {
             }
         }
         let settled = Box::pin(transaction(
-            app,
             stream,
             &mut s,
             &mut cbuf,
@@ -280,7 +279,6 @@ async fn run(app: &App, stream: &mut Stream, mut s: Session) -> End {
 /// client's task while it is idle: the box lives only as long as the transaction.
 #[allow(clippy::too_many_arguments)]
 async fn transaction(
-    app: &App,
     stream: &mut Stream,
     s: &mut Session,
     cbuf: &mut BytesMut,
@@ -297,15 +295,27 @@ async fn transaction(
     info.request_time_us.store(request_us, Ordering::Relaxed);
     info.set_state(ClientState::Waiting);
     info.wait_start_us.store(request_us, Ordering::Relaxed);
-    let (leased, waited) = {
-        let mut leasing = std::pin::pin!(lease(s));
-        // Most requests find an idle server at once: no select, no timer.
-        match std::future::poll_fn(|cx| Poll::Ready(leasing.as_mut().poll(cx))).await {
-            Poll::Ready(r) => (r.map_err(End::fatal), false),
-            Poll::Pending => (
-                queued(stream, leasing, info, wait_from, settings.query_wait_notify).await,
-                true,
-            ),
+    // Most requests find an idle server at once: no future, no select, no timer. The
+    // others get a boxed lease, so what a wait needs (the queue slot, its timers) is not
+    // part of every transaction's future.
+    let (leased, waited) = match lease_now(s, settings) {
+        Ok(conn) => (Ok(conn), false),
+        Err(to_check) => {
+            let mut leasing = Box::pin(lease(s, settings, to_check));
+            match std::future::poll_fn(|cx| Poll::Ready(leasing.as_mut().poll(cx))).await {
+                Poll::Ready(r) => (r.map_err(End::fatal), false),
+                Poll::Pending => (
+                    queued(
+                        stream,
+                        leasing.as_mut(),
+                        info,
+                        wait_from,
+                        settings.query_wait_notify,
+                    )
+                    .await,
+                    true,
+                ),
+            }
         }
     };
     info.wait_start_us.store(0, Ordering::Relaxed);
@@ -331,15 +341,21 @@ async fn transaction(
         .info
         .request_time_us
         .store(leased_us, Ordering::Relaxed);
-    if let Some(sql) = s.params.sync_sql(&server.params) {
-        if simple_query(&mut server, &sql, settings.max_packet_size)
-            .await
-            .is_err()
-        {
-            s.pool.discard(server);
-            return Err(End::fatal(PgError::fatal("invalid server parameter")));
+    let set_id = s.params.set_id();
+    let known_equal =
+        set_id.is_some_and(|id| server.params_synced == Some((id, server.params.version())));
+    if !known_equal {
+        if let Some(sql) = s.params.sync_sql(&server.params) {
+            if simple_query(&mut server, &sql, settings.max_packet_size)
+                .await
+                .is_err()
+            {
+                s.pool.discard(server);
+                return Err(End::fatal(PgError::fatal("invalid server parameter")));
+            }
+            s.params.adopt_canonical(&server.params);
         }
-        s.params.adopt_canonical(&server.params);
+        server.params_synced = s.params.set_id().map(|id| (id, server.params.version()));
     }
     s.cancel.slot.arm(ServerKey {
         addr: server.addr.clone(),
@@ -357,7 +373,7 @@ async fn transaction(
     // max_prepared_statements > 0 outside session mode: named statements are
     // rewritten. A client that already has statements keeps that even if a RELOAD
     // set the limit to 0, or its names would stop working.
-    let max_prepared = app.config.load().general.max_prepared_statements as usize;
+    let max_prepared = settings.max_prepared_statements as usize;
     let prepared = if settings.mode != PoolMode::Session && (max_prepared > 0 || !stmts.is_empty())
     {
         stmts.new_lease(max_prepared.max(1), Arc::as_ptr(&s.pool) as usize);
@@ -404,7 +420,7 @@ async fn transaction(
             {
                 reset_and_release(s, server, &settings.server_reset_query).await;
             } else {
-                s.pool.release(server);
+                s.pool.release_with(server, settings);
             }
         }
         RelayEnd::ClientTerminated => {
@@ -573,18 +589,48 @@ fn cancel_running(server: &ServerConn) {
 /// A server from the pool that is still alive and has nothing unexpected to say; one idle
 /// longer than server_check_delay must pass server_check_query first. A server that fails
 /// either test is closed and the next one taken, so the client never sees it.
-async fn lease(s: &Session) -> Result<ServerConn, PgError> {
+///
+/// `first`: an idle server [`lease_now`] took that must pass server_check_query first.
+async fn lease(
+    s: &Session,
+    settings: &crate::pool::PoolSettings,
+    mut first: Option<ServerConn>,
+) -> Result<ServerConn, PgError> {
     loop {
-        let conn = s.pool.acquire().await?;
+        let conn = match first.take() {
+            Some(c) => c,
+            None => s.pool.acquire_with(settings).await?,
+        };
         if !server_is_clean(&conn) {
             s.pool.discard(conn);
             continue;
         }
         if let Some(mut conn) = s.pool.check_server(conn).await {
-            conn.fast_close =
-                s.pool.settings().mode == PoolMode::Session && s.pool.target().fast_close;
+            conn.fast_close = settings.mode == PoolMode::Session && s.pool.target().fast_close;
             return Ok(conn);
         }
+    }
+}
+
+/// [`lease`] without waiting: an idle server that is clean and needs no check query.
+/// `Err(Some(server))`: an idle server that must be checked first; `Err(None)`: none idle
+/// (or the pool is paused).
+fn lease_now(
+    s: &Session,
+    settings: &crate::pool::PoolSettings,
+) -> Result<ServerConn, Option<ServerConn>> {
+    loop {
+        let conn = s.pool.try_idle(settings).ok_or(None)?;
+        if !server_is_clean(&conn) {
+            s.pool.discard(conn);
+            continue;
+        }
+        if s.pool.needs_check(&conn) {
+            return Err(Some(conn));
+        }
+        let mut conn = conn;
+        conn.fast_close = settings.mode == PoolMode::Session && s.pool.target().fast_close;
+        return Ok(conn);
     }
 }
 

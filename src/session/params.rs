@@ -35,12 +35,63 @@ pub fn canonical<'a>(tracked: &'a [String], name: &str) -> Option<&'a str> {
         .map(|s| s.as_str())
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct ClientParams {
-    pub vals: Vec<(String, String)>,
+    vals: Vec<(String, String)>,
+    /// This exact set of values as a number shared by every client with the same set
+    /// ([`intern`]); `None` = not worked out since the last change.
+    set_id: Option<u64>,
+}
+
+impl PartialEq for ClientParams {
+    fn eq(&self, other: &Self) -> bool {
+        self.vals == other.vals
+    }
+}
+
+impl Eq for ClientParams {}
+
+/// At most this many distinct parameter sets get a number; clients with others (many
+/// distinct application_names, say) are compared value by value on every lease.
+const MAX_INTERNED: usize = 4096;
+
+/// The number of a set of parameter values: equal sets get equal numbers, so "the server
+/// was last synchronised to set N and has not changed since" proves at the next lease, by
+/// comparing two integers, that nothing needs to be sent.
+fn intern(vals: &[(String, String)]) -> Option<u64> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    type Sets = HashMap<Vec<(String, String)>, u64>;
+    static SETS: OnceLock<Mutex<Sets>> = OnceLock::new();
+    let mut sets = SETS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(&id) = sets.get(vals) {
+        return Some(id);
+    }
+    if sets.len() >= MAX_INTERNED {
+        return None;
+    }
+    let id = sets.len() as u64 + 1;
+    sets.insert(vals.to_vec(), id);
+    Some(id)
 }
 
 impl ClientParams {
+    /// The parameters, in the order they were first set.
+    pub fn values(&self) -> &[(String, String)] {
+        &self.vals
+    }
+
+    /// The set's number (see [`intern`]); `None` when there are too many distinct sets.
+    pub fn set_id(&mut self) -> Option<u64> {
+        if self.set_id.is_none() {
+            self.set_id = intern(&self.vals);
+        }
+        self.set_id
+    }
+
     pub fn get(&self, name: &str) -> Option<&str> {
         self.vals
             .iter()
@@ -56,9 +107,11 @@ impl ClientParams {
         {
             if e.1 != value {
                 e.1 = value.to_string();
+                self.set_id = None;
             }
         } else {
             self.vals.push((name.to_string(), value.to_string()));
+            self.set_id = None;
         }
     }
 
@@ -99,6 +152,7 @@ impl ClientParams {
             if let Some(sv) = server.get(k) {
                 if sv.eq_ignore_ascii_case(v) && sv != v {
                     *v = sv.to_string();
+                    self.set_id = None;
                 }
             }
         }
@@ -200,6 +254,40 @@ mod tests {
         );
         s.set("TimeZone", "Europe/Paris");
         assert_eq!(c.sync_sql(&s), None);
+    }
+
+    #[test]
+    fn equal_sets_share_a_number_and_changes_renumber() {
+        let mut a = ClientParams::default();
+        a.set("TimeZone", "Asia/Tokyo");
+        a.set("application_name", "set-id-test");
+        let mut b = ClientParams::default();
+        b.set("TimeZone", "Asia/Tokyo");
+        b.set("application_name", "set-id-test");
+        let id = a.set_id().expect("a number");
+        assert_eq!(b.set_id(), Some(id), "equal sets, equal numbers");
+        b.set("TimeZone", "Asia/Tokyo");
+        assert_eq!(
+            b.set_id(),
+            Some(id),
+            "setting the same value changes nothing"
+        );
+        b.set("TimeZone", "UTC");
+        assert_ne!(b.set_id(), Some(id), "a changed value, another number");
+        let mut s = ServerParams::default();
+        s.set("timezone", "asia/tokyo");
+        let v = s.version();
+        s.set("TimeZone", "asia/tokyo");
+        assert_eq!(s.version(), v, "same value: same version");
+        a.adopt_canonical(&s);
+        assert_eq!(a.get("TimeZone"), Some("asia/tokyo"));
+        assert_ne!(
+            a.set_id(),
+            Some(id),
+            "the canonical spelling is another set"
+        );
+        s.set("TimeZone", "UTC");
+        assert_ne!(s.version(), v, "a changed server value bumps the version");
     }
 
     #[test]
