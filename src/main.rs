@@ -117,9 +117,11 @@ fn main() -> ExitCode {
         }
     }
     let workers = match g.worker_threads {
-        0 => std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        0 => auto_worker_threads(
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        ),
         n => n as usize,
     };
     // One worker: a current-thread runtime. It runs the same tasks without the
@@ -188,6 +190,20 @@ fn main() -> ExitCode {
     }
     rt.shutdown_timeout(std::time::Duration::from_millis(100));
     code
+}
+
+/// `worker_threads = 0`: one worker per core, except on machines with two cores or
+/// fewer, where one thread is used. There the pooler shares the cores with PostgreSQL
+/// (and often the clients), a second worker adds cross-thread wake-ups to every hand-off
+/// between client tasks, and one worker spends less CPU per transaction without being the
+/// bottleneck (measured: benches/side-by-side/README.md, "Optimisations and their measured
+/// effect"). An explicit `worker_threads` is always obeyed.
+fn auto_worker_threads(cores: usize) -> usize {
+    if cores <= 2 {
+        1
+    } else {
+        cores
+    }
 }
 
 /// Refuses to start over a live instance's pidfile; replaces a stale one.

@@ -210,7 +210,8 @@ pub static KEYS: &[KeyInfo] = &[
     key("user", Str, NULL, NR, Y),
     // NULL in PgBouncer's table because `-v` sets it before the file is read; 0 in effect.
     key("verbose", Int, NULL, R, Y),
-    // pgsluice's own: tokio worker threads, 0 = one per core. Fixed at startup.
+    // pgsluice's own: tokio worker threads, 0 = one per core (one on 2 cores or fewer).
+    // Fixed at startup.
     key("worker_threads", Int, s("0"), NR, Y),
 ];
 
