@@ -641,6 +641,46 @@ async fn query_wait_timeout_fails_a_queued_client() {
     backend_pid(&c).await;
 }
 
+/// query_wait_timeout counts from each request's own start: B queues, C queues 700 ms
+/// later, and each fails about 1 s after it queued (the pool keeps one timer for its
+/// whole queue, so this checks that a later waiter is not failed with an earlier one).
+#[tokio::test(flavor = "multi_thread")]
+async fn query_wait_timeout_counts_from_each_request() {
+    let (db, user) = ("pl_qwt2_db", "pl_qwt2_user");
+    prepare(&[db], &[user]).await;
+    let p = start(
+        &[entry(db, "")],
+        "pool_mode = transaction\ndefault_pool_size = 1\nquery_wait_timeout = 1",
+        &[user],
+    );
+    let a = pooled(&p, db, user).await;
+    let b = pooled(&p, db, user).await;
+    let c = pooled(&p, db, user).await;
+    a.batch_execute("BEGIN; SELECT 1").await.expect("A BEGIN");
+    let waited = |client: Client| async move {
+        let t = Instant::now();
+        let err = simple_value(&client, "SELECT 1")
+            .await
+            .expect_err("the queued query must fail");
+        let (code, msg) = db_error_text(&err);
+        assert_eq!(
+            (code.as_str(), msg.as_str()),
+            ("08P01", "query_wait_timeout")
+        );
+        t.elapsed()
+    };
+    let b_wait = tokio::spawn(waited(b));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let c_wait = tokio::spawn(waited(c));
+    let b_wait = within(10, "B fails", b_wait).await.expect("B's task");
+    let c_wait = within(10, "C fails", c_wait).await.expect("C's task");
+    for (who, w) in [("B", b_wait), ("C", c_wait)] {
+        assert!(w >= Duration::from_millis(800), "{who} failed after {w:?}");
+        assert!(w < Duration::from_secs(5), "{who} failed only after {w:?}");
+    }
+    a.batch_execute("COMMIT").await.expect("A still works");
+}
+
 // ------------------------------------------------------------------ 7. FIFO
 
 /// Pool of 1 held by A; five clients queue 100 ms apart. When A commits, they are served

@@ -64,8 +64,10 @@ struct Waiter {
     tx: oneshot::Sender<WaitResult>,
     since: Instant,
     /// When this request's wait began (before `since` if it waited out a PAUSE first):
-    /// query_wait_timeout / query_timeout count from here.
+    /// query_wait_timeout / query_timeout / query_wait_notify count from here.
     wait_start: Instant,
+    /// The client to tell once it has waited query_wait_notify (taken when told).
+    notice: Option<Arc<crate::stats::ClientInfo>>,
     /// Waited longer than reserve_pool_timeout: may use the reserve pool.
     reserve: bool,
 }
@@ -315,11 +317,17 @@ impl Pool {
     /// query_wait_timeout and by query_timeout, as PgBouncer's janitor bounds a queued
     /// client by both; the shorter one names the error, query_timeout on a tie.
     pub async fn acquire(&self) -> Result<ServerConn, PgError> {
-        self.acquire_with(&self.settings()).await
+        self.acquire_with(&self.settings(), None).await
     }
 
-    /// [`Pool::acquire`] with the settings the caller already holds.
-    pub async fn acquire_with(&self, s: &PoolSettings) -> Result<ServerConn, PgError> {
+    /// [`Pool::acquire`] with the settings the caller already holds. `notice`: the
+    /// client to tell (see [`crate::stats::ClientInfo::queue_notice`]) once it has been
+    /// queued for query_wait_notify.
+    pub async fn acquire_with(
+        &self,
+        s: &PoolSettings,
+        notice: Option<&Arc<crate::stats::ClientInfo>>,
+    ) -> Result<ServerConn, PgError> {
         // When the wait began: read only if there is one (a PAUSE, or no idle server).
         let mut start = None;
         let limit = wait_limit(s);
@@ -361,16 +369,24 @@ impl Pool {
             let id = st.next_waiter;
             let now = Instant::now();
             let start = start.unwrap_or(now);
+            let notice = notice.filter(|_| !s.query_wait_notify.is_zero());
+            let notify_at = notice.and_then(|_| start.checked_add(s.query_wait_notify));
             st.waiters.push_back(Waiter {
                 id,
                 tx,
                 since: now,
                 wait_start: start,
+                notice: notice.cloned(),
                 reserve: false,
             });
             // A task is started only if none would wake in time for this waiter (the
             // first waiter, or one whose wait began earlier, during a PAUSE).
-            if let Some(at) = limit.and_then(|(w, _)| start.checked_add(w)) {
+            let first = limit.and_then(|(w, _)| start.checked_add(w));
+            let first = match (first, notify_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if let Some(at) = first {
                 if st.expiry_at.is_none_or(|e| at < e) {
                     st.expiry_at = Some(at);
                     if let Some(me) = self.me.upgrade() {
@@ -417,38 +433,49 @@ impl Pool {
         r.unwrap_or_else(|_| Err(PgError::fatal("pooler is shutting down")))
     }
 
-    /// Fails waiters whose wait limit has run out, sleeping until the oldest one's limit
-    /// in between, while anyone waits. One timer for the whole queue: a timer per waiter
-    /// cost a timer-wheel insert and removal on every queued request (callgrind: a tenth
-    /// of the pooler's instructions per transaction with 200 clients on a pool of 20).
-    /// The limit is taken from the current settings each time, as PgBouncer's janitor
-    /// does.
+    /// Fails waiters whose wait limit has run out and tells those queued for
+    /// query_wait_notify, sleeping until the next such moment in between, while anyone
+    /// waits. One timer for the whole queue: a timer per waiter cost a timer-wheel insert
+    /// and removal on every queued request (callgrind: a tenth of the pooler's
+    /// instructions per transaction with 200 clients on a pool of 20). The limits are
+    /// taken from the current settings each time, as PgBouncer's janitor does.
     async fn expire_waiters(self: Arc<Self>) {
         loop {
             let next = {
                 let mut st = self.state.lock();
-                let Some((limit, text)) = wait_limit(&self.settings()) else {
-                    st.expiry_at = None;
-                    return;
-                };
+                let s = self.settings();
+                let limit = wait_limit(&s);
+                let notify = s.query_wait_notify;
                 let now = Instant::now();
                 let mut next: Option<Instant> = None;
+                let mut soonest = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
                 let mut i = 0;
                 while i < st.waiters.len() {
-                    let w = &st.waiters[i];
-                    let at = w.wait_start.checked_add(limit);
-                    match at {
-                        Some(at) if at <= now => {
-                            if let Some(w) = st.waiters.remove(i) {
-                                let _ = w.tx.send(Err(PgError::fatal(text)));
+                    let w = &mut st.waiters[i];
+                    if let Some((limit, text)) = limit {
+                        match w.wait_start.checked_add(limit) {
+                            Some(at) if at <= now => {
+                                if let Some(w) = st.waiters.remove(i) {
+                                    let _ = w.tx.send(Err(PgError::fatal(text)));
+                                }
+                                continue;
                             }
+                            Some(at) => soonest(at),
+                            None => {}
                         }
-                        Some(at) => {
-                            next = Some(next.map_or(at, |n| n.min(at)));
-                            i += 1;
-                        }
-                        None => i += 1,
                     }
+                    if w.notice.is_some() && !notify.is_zero() {
+                        match w.wait_start.checked_add(notify) {
+                            Some(at) if at <= now => {
+                                if let Some(c) = w.notice.take() {
+                                    c.raise_queue_notice();
+                                }
+                            }
+                            Some(at) => soonest(at),
+                            None => {}
+                        }
+                    }
+                    i += 1;
                 }
                 // Two tasks may run for a moment (one started for an earlier waiter);
                 // both compute the same `next`, and the scan is idempotent.

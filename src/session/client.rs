@@ -304,17 +304,7 @@ async fn transaction(
             let mut leasing = Box::pin(lease(s, settings, to_check));
             match std::future::poll_fn(|cx| Poll::Ready(leasing.as_mut().poll(cx))).await {
                 Poll::Ready(r) => (r.map_err(End::fatal), false),
-                Poll::Pending => (
-                    queued(
-                        stream,
-                        leasing.as_mut(),
-                        info,
-                        wait_from,
-                        settings.query_wait_notify,
-                    )
-                    .await,
-                    true,
-                ),
+                Poll::Pending => (queued(stream, leasing.as_mut(), info).await, true),
             }
         }
     };
@@ -525,25 +515,18 @@ const QUEUED_NOTICE: &str =
     "No server connection available in postgres backend, client being queued";
 
 /// Waits out a lease that did not complete at once. KILL ends the wait; after
-/// query_wait_notify the client gets the NOTICE once and goes on waiting. The wait itself
-/// is bounded in `Pool::acquire` (query_wait_timeout, query_timeout).
+/// query_wait_notify the client gets the NOTICE once (the pool's expiry task says when)
+/// and goes on waiting. The wait itself is bounded by the pool (query_wait_timeout,
+/// query_timeout).
 async fn queued<F>(
     stream: &mut Stream,
     mut leasing: Pin<&mut F>,
     info: &crate::stats::ClientInfo,
-    since: Instant,
-    notify: Duration,
 ) -> Result<ServerConn, End>
 where
     F: Future<Output = Result<ServerConn, PgError>>,
 {
-    let mut notify_at = if notify.is_zero() {
-        None
-    } else {
-        since
-            .checked_add(notify)
-            .map(tokio::time::Instant::from_std)
-    };
+    info.clear_queue_notice();
     loop {
         tokio::select! {
             biased;
@@ -551,8 +534,7 @@ where
             _ = info.killed() => {
                 return Err(End::fatal(PgError::fatal(info.kill_reason.lock().clone())));
             }
-            _ = expire(notify_at), if notify_at.is_some() => {
-                notify_at = None;
+            _ = info.queue_notice() => {
                 let mut out = BytesMut::new();
                 crate::proto::error::notice(&mut out, QUEUED_NOTICE, None);
                 // The client is waiting for an answer, so its socket has room for a
@@ -599,7 +581,7 @@ async fn lease(
     loop {
         let conn = match first.take() {
             Some(c) => c,
-            None => s.pool.acquire_with(settings).await?,
+            None => s.pool.acquire_with(settings, Some(&s.record.info)).await?,
         };
         if !server_is_clean(&conn) {
             s.pool.discard(conn);

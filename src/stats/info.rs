@@ -65,9 +65,12 @@ pub struct ClientInfo {
     /// Set by KILL_CLIENT / KILL: the session ends with `reason` at its next await point.
     pub killed: AtomicBool,
     pub kill_reason: Mutex<String>,
-    /// The session's task, woken by [`ClientInfo::kill`]. One waker, registered with an
-    /// atomic swap: a `Notify` here cost a mutex and a waiter list on every relay poll.
-    kill_waker: AtomicWaker,
+    /// The session's task, woken by [`ClientInfo::kill`] and
+    /// [`ClientInfo::raise_queue_notice`]. One waker, registered with an atomic swap: a
+    /// `Notify` here cost a mutex and a waiter list on every relay poll.
+    waker: AtomicWaker,
+    /// Set by the pool when this client has been queued for query_wait_notify.
+    queue_notice: AtomicBool,
     /// Protocol-level prepared statements in this client's map (SHOW CLIENTS).
     pub prepared_statements: AtomicU64,
 }
@@ -103,7 +106,8 @@ impl ClientInfo {
             cancel_pid: AtomicU32::new(0),
             killed: AtomicBool::new(false),
             kill_reason: Mutex::new(String::new()),
-            kill_waker: AtomicWaker::new(),
+            waker: AtomicWaker::new(),
+            queue_notice: AtomicBool::new(false),
             prepared_statements: AtomicU64::new(0),
         }
     }
@@ -121,7 +125,7 @@ impl ClientInfo {
         *self.kill_reason.lock() = reason.to_string();
         self.killed
             .store(true, std::sync::atomic::Ordering::Release);
-        self.kill_waker.wake();
+        self.waker.wake();
     }
 
     /// Ready once the session has been killed (at once if it already was). Only the
@@ -131,8 +135,41 @@ impl ClientInfo {
             if self.is_killed() {
                 return std::task::Poll::Ready(());
             }
-            self.kill_waker.register(cx.waker());
+            self.waker.register(cx.waker());
             if self.is_killed() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+    }
+
+    /// The pool's expiry task: this client has waited query_wait_notify for a server.
+    pub fn raise_queue_notice(&self) {
+        self.queue_notice
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Forgets a notice raised for an earlier wait (raised just as that wait ended).
+    pub fn clear_queue_notice(&self) {
+        self.queue_notice
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Ready once [`ClientInfo::raise_queue_notice`] was called (and consumes it). Only
+    /// the session's own task waits on it.
+    pub fn queue_notice(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            let take = || {
+                self.queue_notice
+                    .swap(false, std::sync::atomic::Ordering::AcqRel)
+            };
+            if take() {
+                return std::task::Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            if take() {
                 std::task::Poll::Ready(())
             } else {
                 std::task::Poll::Pending
