@@ -97,6 +97,9 @@ struct Side<'a> {
 /// be accepted before it reaches the socket). Plain sockets answer at once.
 #[inline]
 fn flush(cx: &mut Context<'_>, s: &mut Stream) -> Poll<std::io::Result<bool>> {
+    if !s.is_tls() {
+        return Poll::Ready(Ok(false));
+    }
     match Pin::new(s).poll_flush(cx) {
         Poll::Ready(Ok(())) => Poll::Ready(Ok(false)),
         Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -417,130 +420,140 @@ pub async fn relay_with(
         _ => {}
     }
 
-    poll_fn(|cx| loop {
-        let mut progress = false;
+    poll_fn(|cx| {
+        // A side whose read returned Pending in this wake-up has its waker registered and
+        // cannot have become readable before we yield: it is not read again until then
+        // (each such read costs a readiness check and a waker registration).
+        let mut s_parked = false;
+        let mut c_parked = false;
+        loop {
+            let mut progress = false;
 
-        // Server output to the client first: it is what frees the server.
-        match s.poll_write(cx, client) {
-            Poll::Ready(Ok(p)) => progress |= p,
-            Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ClientGone),
-            Poll::Pending => {}
-        }
-        match c.poll_write(cx, sstream) {
-            Poll::Ready(Ok(p)) => progress |= p,
-            Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ServerGone),
-            Poll::Pending => {}
-        }
-
-        if terminating && c.flushed() {
-            if tracker.quiet() && s.drained() {
-                return Poll::Ready(RelayEnd::ClientTerminated);
+            // Server output to the client first: it is what frees the server.
+            match s.poll_write(cx, client) {
+                Poll::Ready(Ok(p)) => progress |= p,
+                Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ClientGone),
+                Poll::Pending => {}
             }
-            if !tracker.quiet() {
-                return Poll::Ready(RelayEnd::ClientGone);
-            }
-        }
-        if mode != PoolMode::Session
-            && tracker.may_release()
-            && s.drained()
-            && c.flushed()
-            && c.skip == 0
-        {
-            return Poll::Ready(RelayEnd::Release);
-        }
-        // Checked before the client's next request is read: an idle session is ended
-        // when it next speaks, a busy one at the end of its transaction.
-        if *fast_close
-            && tracker.may_release()
-            && s.drained()
-            && c.flushed()
-            && c.skip == 0
-            && sinfo
-                .close_needed
-                .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            return Poll::Ready(RelayEnd::FastClose);
-        }
-
-        if s.wants_read() {
-            match s.poll_read(cx, sstream) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(RelayEnd::ServerGone),
-                Poll::Ready(Ok(n)) => {
-                    progress = true;
-                    meter.stats.bytes_sent += n as u64;
-                    let scanned = match cs.as_deref_mut() {
-                        None => {
-                            scan_server(&mut s, tracker, sparams, params, meter, mode, max_packet)
-                        }
-                        Some(cs) => scan_server_prepared(
-                            &mut s, tracker, cs, sprep, sparams, params, meter, mode, max_packet,
-                        ),
-                    };
-                    match scanned {
-                        Err(e) => return Poll::Ready(RelayEnd::ServerProtocol(e)),
-                        Ok(Some(Stop::Statement)) => {
-                            return Poll::Ready(RelayEnd::StatementViolation);
-                        }
-                        Ok(Some(Stop::OutOfStep)) => {
-                            return Poll::Ready(RelayEnd::ServerOutOfStep);
-                        }
-                        _ => {}
-                    }
-                }
+            match c.poll_write(cx, sstream) {
+                Poll::Ready(Ok(p)) => progress |= p,
                 Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ServerGone),
                 Poll::Pending => {}
             }
-        }
-        if !terminating && c.wants_read() {
-            match c.poll_read(cx, client) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(RelayEnd::ClientGone),
-                Poll::Ready(Ok(n)) => {
-                    progress = true;
-                    meter.stats.bytes_received += n as u64;
-                    let scanned = match cs.as_deref_mut() {
-                        None => scan_client(&mut c, tracker, meter, max_packet),
-                        Some(cs) => {
-                            scan_client_prepared(&mut c, cs, sprep, tracker, meter, max_packet)
+
+            if terminating && c.flushed() {
+                if tracker.quiet() && s.drained() {
+                    return Poll::Ready(RelayEnd::ClientTerminated);
+                }
+                if !tracker.quiet() {
+                    return Poll::Ready(RelayEnd::ClientGone);
+                }
+            }
+            if mode != PoolMode::Session
+                && tracker.may_release()
+                && s.drained()
+                && c.flushed()
+                && c.skip == 0
+            {
+                return Poll::Ready(RelayEnd::Release);
+            }
+            // Checked before the client's next request is read: an idle session is ended
+            // when it next speaks, a busy one at the end of its transaction.
+            if *fast_close
+                && tracker.may_release()
+                && s.drained()
+                && c.flushed()
+                && c.skip == 0
+                && sinfo
+                    .close_needed
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                return Poll::Ready(RelayEnd::FastClose);
+            }
+
+            if !s_parked && s.wants_read() {
+                match s.poll_read(cx, sstream) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(RelayEnd::ServerGone),
+                    Poll::Ready(Ok(n)) => {
+                        progress = true;
+                        meter.stats.bytes_sent += n as u64;
+                        let scanned = match cs.as_deref_mut() {
+                            None => scan_server(
+                                &mut s, tracker, sparams, params, meter, mode, max_packet,
+                            ),
+                            Some(cs) => scan_server_prepared(
+                                &mut s, tracker, cs, sprep, sparams, params, meter, mode,
+                                max_packet,
+                            ),
+                        };
+                        match scanned {
+                            Err(e) => return Poll::Ready(RelayEnd::ServerProtocol(e)),
+                            Ok(Some(Stop::Statement)) => {
+                                return Poll::Ready(RelayEnd::StatementViolation);
+                            }
+                            Ok(Some(Stop::OutOfStep)) => {
+                                return Poll::Ready(RelayEnd::ServerOutOfStep);
+                            }
+                            _ => {}
                         }
-                    };
-                    match scanned {
+                    }
+                    Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ServerGone),
+                    Poll::Pending => s_parked = true,
+                }
+            }
+            if !c_parked && !terminating && c.wants_read() {
+                match c.poll_read(cx, client) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(RelayEnd::ClientGone),
+                    Poll::Ready(Ok(n)) => {
+                        progress = true;
+                        meter.stats.bytes_received += n as u64;
+                        let scanned = match cs.as_deref_mut() {
+                            None => scan_client(&mut c, tracker, meter, max_packet),
+                            Some(cs) => {
+                                scan_client_prepared(&mut c, cs, sprep, tracker, meter, max_packet)
+                            }
+                        };
+                        match scanned {
+                            Err(e) => return Poll::Ready(RelayEnd::ClientProtocol(e)),
+                            Ok(Some(Stop::Terminate)) => terminating = true,
+                            Ok(_) => {}
+                        }
+                    }
+                    Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ClientGone),
+                    Poll::Pending => c_parked = true,
+                }
+            }
+            if let Some(cs) = cs.as_deref_mut() {
+                // Client bytes that waited (a stall on earlier batches, now maybe settled),
+                // and answers pgsluice synthesises, which need no server bytes to go out.
+                if !terminating && !c.buf.is_empty() && c.want <= c.buf.len() {
+                    let before = c.buf.len();
+                    match scan_client_prepared(&mut c, cs, sprep, tracker, meter, max_packet) {
                         Err(e) => return Poll::Ready(RelayEnd::ClientProtocol(e)),
                         Ok(Some(Stop::Terminate)) => terminating = true,
                         Ok(_) => {}
                     }
+                    progress |= c.buf.len() != before || terminating;
                 }
-                Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ClientGone),
-                Poll::Pending => {}
-            }
-        }
-        if let Some(cs) = cs.as_deref_mut() {
-            // Client bytes that waited (a stall on earlier batches, now maybe settled),
-            // and answers pgsluice synthesises, which need no server bytes to go out.
-            if !terminating && !c.buf.is_empty() && c.want <= c.buf.len() {
-                let before = c.buf.len();
-                match scan_client_prepared(&mut c, cs, sprep, tracker, meter, max_packet) {
-                    Err(e) => return Poll::Ready(RelayEnd::ClientProtocol(e)),
-                    Ok(Some(Stop::Terminate)) => terminating = true,
-                    Ok(_) => {}
+                if s.skip == 0 && tracker.synth_ready() {
+                    emit_synths(&mut s, tracker, cs, sprep);
+                    progress = true;
                 }
-                progress |= c.buf.len() != before || terminating;
-            }
-            if s.skip == 0 && tracker.synth_ready() {
-                emit_synths(&mut s, tracker, cs, sprep);
-                progress = true;
-            }
-            if tracker.desync() {
-                return Poll::Ready(RelayEnd::ServerOutOfStep);
-            }
-        }
-        if !progress {
-            if timed {
-                if let Some(what) = poll_deadline(cx, meter, tracker, timer.as_mut(), &mut armed) {
-                    let in_sync = s.drained() && s.skip == 0;
-                    return Poll::Ready(RelayEnd::Timeout { what, in_sync });
+                if tracker.desync() {
+                    return Poll::Ready(RelayEnd::ServerOutOfStep);
                 }
             }
-            return Poll::Pending;
+            if !progress {
+                if timed {
+                    if let Some(what) =
+                        poll_deadline(cx, meter, tracker, timer.as_mut(), &mut armed)
+                    {
+                        let in_sync = s.drained() && s.skip == 0;
+                        return Poll::Ready(RelayEnd::Timeout { what, in_sync });
+                    }
+                }
+                return Poll::Pending;
+            }
         }
     })
     .await
