@@ -110,10 +110,6 @@ fn same_uid_unix(stream: &Stream) -> bool {
     }
 }
 
-fn local_addr(stream: &Stream) -> (String, u16) {
-    stream.local_addr()
-}
-
 /// Logs `user` into the console and sends the welcome. `out` may already hold messages
 /// for the client (NegotiateProtocolVersion); it is written together with the welcome.
 #[allow(clippy::too_many_arguments)]
@@ -125,7 +121,7 @@ pub(crate) async fn login(
     id: u64,
     user: &str,
     params: &ClientParams,
-    who: &str,
+    who: &crate::net::stream::Who,
 ) -> Result<AdminSession, PgError> {
     let cfg = app.config.load_full();
     let g = &cfg.general;
@@ -184,10 +180,10 @@ pub(crate) async fn login(
         .map_err(|_| PgError::fatal("client write failed"))?;
     out.clear();
 
-    let (laddr, lport) = local_addr(stream);
+    let (laddr, lport) = stream.local_host();
     let info = Arc::new(ClientInfo::new(
         id,
-        peer.ip_string(),
+        peer.host(),
         peer.port(),
         laddr,
         lport,

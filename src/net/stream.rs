@@ -37,6 +37,14 @@ impl PeerAddr {
             PeerAddr::Unix => 0,
         }
     }
+
+    /// The address without the port, for SHOW CLIENTS.
+    pub fn host(&self) -> crate::stats::HostAddr {
+        match self {
+            PeerAddr::Tcp(a) => crate::stats::HostAddr::Ip(a.ip()),
+            PeerAddr::Unix => crate::stats::HostAddr::Unix,
+        }
+    }
 }
 
 impl std::fmt::Display for PeerAddr {
@@ -45,6 +53,41 @@ impl std::fmt::Display for PeerAddr {
             PeerAddr::Tcp(a) => write!(f, "{}:{}", a.ip(), a.port()),
             PeerAddr::Unix => f.write_str("unix:0"),
         }
+    }
+}
+
+/// PgBouncer's log prefix for a client, `C-0x<id>: db/user@addr:port`: the parts, put
+/// together only when a line is logged (formatting addresses at every login was a tenth
+/// of a login's instructions).
+#[derive(Debug, Clone)]
+pub struct Who {
+    pub id: u64,
+    pub peer: PeerAddr,
+    /// Database and user, once the startup packet has named them.
+    pub names: Option<Box<(String, String)>>,
+}
+
+impl Who {
+    pub fn new(id: u64, peer: PeerAddr) -> Who {
+        Who {
+            id,
+            peer,
+            names: None,
+        }
+    }
+
+    pub fn named(&mut self, database: &str, user: &str) {
+        self.names = Some(Box::new((database.to_owned(), user.to_owned())));
+    }
+}
+
+impl std::fmt::Display for Who {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (db, user) = match &self.names {
+            Some(n) => (n.0.as_str(), n.1.as_str()),
+            None => ("(nodb)", "(nouser)"),
+        };
+        write!(f, "C-{:#x}: {db}/{user}@{}", self.id, self.peer)
     }
 }
 
@@ -107,6 +150,20 @@ impl Stream {
     }
 
     /// Local address and port for SHOW CLIENTS/SERVERS (`unix`, 0 for Unix sockets).
+    /// The local address and port (SHOW CLIENTS `local_addr`), `unix` for Unix sockets.
+    pub fn local_host(&self) -> (crate::stats::HostAddr, u16) {
+        match self.tcp_socket() {
+            Some(t) => t
+                .local_addr()
+                .map(|a| (crate::stats::HostAddr::Ip(a.ip()), a.port()))
+                .unwrap_or((
+                    crate::stats::HostAddr::Ip(std::net::Ipv4Addr::UNSPECIFIED.into()),
+                    0,
+                )),
+            None => (crate::stats::HostAddr::Unix, 0),
+        }
+    }
+
     pub fn local_addr(&self) -> (String, u16) {
         match self.tcp_socket() {
             Some(t) => t

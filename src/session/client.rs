@@ -40,7 +40,7 @@ pub async fn serve(app: Arc<App>, mut stream: Stream, peer: PeerAddr) {
     let started = Instant::now();
     let id = crate::server::conn::next_id();
     // PgBouncer's log prefix: C-0x<id>: db/user@addr:port
-    let mut who = format!("C-{id:#x}: (nodb)/(nouser)@{peer}");
+    let mut who = crate::net::stream::Who::new(id, peer.clone());
     let timeout = app.config.load().general.client_login_timeout;
     // Set by login once the client has authenticated and waits for the pool's first
     // server login (the welcome needs its parameters).
@@ -108,7 +108,7 @@ pub async fn serve(app: Arc<App>, mut stream: Stream, peer: PeerAddr) {
     app.live_clients.fetch_sub(1, Ordering::AcqRel);
 }
 
-async fn send_error(app: &App, stream: &mut Stream, who: &str, e: &PgError) {
+async fn send_error(app: &App, stream: &mut Stream, who: &crate::net::stream::Who, e: &PgError) {
     if app.config.load().general.log_pooler_errors {
         tracing::warn!("{who} pooler error: {}", e.message);
     }

@@ -273,7 +273,7 @@ pub async fn login(
     stream: &mut Stream,
     peer: &PeerAddr,
     id: u64,
-    who: &mut String,
+    who: &mut crate::net::stream::Who,
     awaiting_server: &mut bool,
 ) -> Result<Outcome, PgError> {
     let mut out = BytesMut::with_capacity(512);
@@ -310,7 +310,7 @@ pub async fn login(
         // Protocol 3.0 only, as PgBouncer: keeps cancel keys 4 bytes.
         backend::negotiate_protocol_version(&mut out, 0, &w.unrecognised_pq);
     }
-    *who = format!("C-{id:#x}: {}/{}@{peer}", w.database, w.user);
+    who.named(&w.database, &w.user);
     if cfg.general.log_connections {
         let t = stream.tls_description();
         tracing::info!(
@@ -444,10 +444,10 @@ pub async fn login(
         client_login_count: 1,
         ..Default::default()
     });
-    let (local_addr, local_port) = stream.local_addr();
+    let (local_addr, local_port) = stream.local_host();
     let info = Arc::new(crate::stats::ClientInfo::new(
         id,
-        peer.ip_string(),
+        peer.host(),
         peer.port(),
         local_addr,
         local_port,

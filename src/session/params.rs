@@ -17,14 +17,27 @@ pub const BUILTIN_TRACKED: [&str; 5] = [
 
 /// The names of all tracked parameters for a configuration, canonical spelling as the
 /// server reports them.
-pub fn tracked_names(extra: &[String]) -> Vec<String> {
+///
+/// Every login asks; the answer for the current `track_extra_parameters` is kept, so
+/// logins do not rebuild the list.
+pub fn tracked_names(extra: &[String]) -> std::sync::Arc<Vec<String>> {
+    type Cached = Option<(Vec<String>, std::sync::Arc<Vec<String>>)>;
+    static LAST: parking_lot::Mutex<Cached> = parking_lot::Mutex::new(None);
+    let mut last = LAST.lock();
+    if let Some((key, names)) = last.as_ref() {
+        if key.as_slice() == extra {
+            return names.clone();
+        }
+    }
     let mut v: Vec<String> = BUILTIN_TRACKED.iter().map(|s| s.to_string()).collect();
     for e in extra {
         if !v.iter().any(|n| n.eq_ignore_ascii_case(e)) {
             v.push(e.clone());
         }
     }
-    v
+    let names = std::sync::Arc::new(v);
+    *last = Some((extra.to_vec(), names.clone()));
+    names
 }
 
 /// The canonical tracked name for `name` (startup keys are case-insensitive).
@@ -60,21 +73,32 @@ const MAX_INTERNED: usize = 4096;
 /// comparing two integers, that nothing needs to be sent.
 fn intern(vals: &[(String, String)]) -> Option<u64> {
     use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock};
-    type Sets = HashMap<Vec<(String, String)>, u64>;
-    static SETS: OnceLock<Mutex<Sets>> = OnceLock::new();
-    let mut sets = SETS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if let Some(&id) = sets.get(vals) {
-        return Some(id);
+    #[derive(Default)]
+    struct Sets {
+        all: HashMap<Vec<(String, String)>, u64>,
+        /// The sets numbered most recently, compared before hashing: most clients of an
+        /// application share one set, and a comparison is cheaper than SipHash.
+        recent: Vec<(Vec<(String, String)>, u64)>,
     }
-    if sets.len() >= MAX_INTERNED {
-        return None;
+    const RECENT: usize = 4;
+    static SETS: std::sync::OnceLock<parking_lot::Mutex<Sets>> = std::sync::OnceLock::new();
+    let mut sets = SETS.get_or_init(Default::default).lock();
+    if let Some((_, id)) = sets.recent.iter().find(|(v, _)| v.as_slice() == vals) {
+        return Some(*id);
     }
-    let id = sets.len() as u64 + 1;
-    sets.insert(vals.to_vec(), id);
+    let id = match sets.all.get(vals) {
+        Some(&id) => id,
+        None if sets.all.len() >= MAX_INTERNED => return None,
+        None => {
+            let id = sets.all.len() as u64 + 1;
+            sets.all.insert(vals.to_vec(), id);
+            id
+        }
+    };
+    if sets.recent.len() >= RECENT {
+        sets.recent.remove(0);
+    }
+    sets.recent.push((vals.to_vec(), id));
     Some(id)
 }
 

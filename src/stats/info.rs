@@ -40,12 +40,29 @@ impl ClientState {
     }
 }
 
+/// An address column of SHOW CLIENTS/SOCKETS: an IP address, or `unix`. Kept as the
+/// address and formatted when shown, not at every login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostAddr {
+    Ip(std::net::IpAddr),
+    Unix,
+}
+
+impl std::fmt::Display for HostAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostAddr::Ip(a) => a.fmt(f),
+            HostAddr::Unix => f.write_str("unix"),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct ClientInfo {
     pub id: u64,
-    pub addr: String,
+    pub addr: HostAddr,
     pub port: u16,
-    pub local_addr: String,
+    pub local_addr: HostAddr,
     pub local_port: u16,
     pub connect_time_us: u64,
     pub database: String,
@@ -79,9 +96,9 @@ impl ClientInfo {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: u64,
-        addr: String,
+        addr: HostAddr,
         port: u16,
-        local_addr: String,
+        local_addr: HostAddr,
         local_port: u16,
         database: String,
         user: String,

@@ -10,7 +10,7 @@ pub mod period;
 pub mod prometheus;
 
 pub use counters::{Counters, Snapshot, TxStats};
-pub use info::{ClientInfo, ClientState, ServerInfo, ServerState};
+pub use info::{ClientInfo, ClientState, HostAddr, ServerInfo, ServerState};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
