@@ -30,7 +30,7 @@ pub struct App {
     pub userlist: ArcSwap<UserList>,
     pub registry: Registry,
     /// Logged-in clients by id, for SHOW CLIENTS / KILL_CLIENT.
-    pub client_records: dashmap::DashMap<u64, Arc<crate::stats::ClientInfo>>,
+    pub client_records: crate::ids::IdMap<u64, Arc<crate::stats::ClientInfo>>,
     pub cancels: Arc<CancelRegistry>,
     /// Logged-in (or logging-in) clients, for max_client_conn; the admin console is exempt.
     pub clients: Counter,
@@ -61,7 +61,7 @@ impl App {
             tls: ArcSwap::from_pointee(tls),
             userlist: ArcSwap::from_pointee(userlist),
             registry: Registry::default(),
-            client_records: dashmap::DashMap::new(),
+            client_records: Default::default(),
             cancels: Arc::new(CancelRegistry::default()),
             clients: Counter::default(),
             live_clients: AtomicU32::new(0),

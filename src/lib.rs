@@ -5,6 +5,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod control;
+pub mod ids;
 pub mod logging;
 pub mod net;
 pub mod pool;

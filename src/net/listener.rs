@@ -25,7 +25,7 @@ impl Listener {
         match self {
             Listener::Tcp(l, opts) => {
                 let (s, addr) = l.accept().await?;
-                opts.apply_or_log(&s, &format!("client {addr}"));
+                opts.apply_or_log(&s, format_args!("client {addr}"));
                 Ok((Stream::tcp(s), PeerAddr::Tcp(addr)))
             }
             Listener::Unix(l, _) => {

@@ -68,7 +68,8 @@ impl TcpOptions {
     }
 
     /// [`apply`](Self::apply), logging a failure once per socket instead of failing it.
-    pub fn apply_or_log(&self, s: &TcpStream, what: &str) {
+    /// `what` names the socket in the warning; it is only formatted if one is logged.
+    pub fn apply_or_log(&self, s: &TcpStream, what: impl std::fmt::Display) {
         if let Err(e) = self.apply(s) {
             tracing::warn!("{what}: setting TCP keepalive/user timeout failed: {e}");
         }

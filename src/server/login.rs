@@ -428,7 +428,7 @@ async fn attempt(
             let s = TcpStream::connect(a)
                 .await
                 .map_err(|e| LoginError::Connect(format!("{a}: {e}")))?;
-            target.tcp.apply_or_log(&s, &format!("server {a}"));
+            target.tcp.apply_or_log(&s, format_args!("server {a}"));
             let _ = s.set_nodelay(true);
             server_tls(target, s, c.host, a).await?
         }

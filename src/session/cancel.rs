@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::DashMap;
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
@@ -78,7 +77,7 @@ impl CancelSlot {
 
 #[derive(Default)]
 pub struct CancelRegistry {
-    map: DashMap<i32, Arc<CancelSlot>>,
+    map: crate::ids::IdMap<i32, Arc<CancelSlot>>,
 }
 
 /// Removes a client's key from the registry when the client goes.
