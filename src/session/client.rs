@@ -104,7 +104,11 @@ pub async fn serve(app: Arc<App>, mut stream: Stream, peer: PeerAddr) {
         Ok(Outcome::Done) => {}
         Err(e) => send_error(&app, &mut stream, &who, &e).await,
     }
-    let _ = stream.shutdown().await;
+    // TLS: close_notify. A plain socket needs no shutdown before the close (the drop
+    // below): close sends the FIN itself, and the extra syscall showed in login storms.
+    if stream.is_tls() {
+        let _ = stream.shutdown().await;
+    }
     app.live_clients.fetch_sub(1, Ordering::AcqRel);
 }
 
