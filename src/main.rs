@@ -90,6 +90,11 @@ fn main() -> ExitCode {
             eprintln!("daemonize failed: {e}");
             return ExitCode::from(1);
         }
+        // jemalloc turns its background threads off in a forked child; without them an
+        // idle daemon would keep the memory a burst of clients left behind.
+        if !restart_allocator_purging() {
+            eprintln!("pgsluice: could not restart the allocator's purging thread");
+        }
     }
     let verbose = g.verbose + u32::from(cli.verbose);
     if let Err(e) = pgsluice::logging::init(verbose, cli.quiet || cli.daemon, &g.logfile) {
@@ -249,6 +254,26 @@ fn daemonize() -> std::io::Result<()> {
         unsafe { libc::dup2(null.as_raw_fd(), fd) };
     }
     Ok(())
+}
+
+/// Switches jemalloc's background purging thread on (after `fork`, where jemalloc turns
+/// it off). True on success.
+fn restart_allocator_purging() -> bool {
+    let mut on = true;
+    // SAFETY: "background_thread" is jemalloc's documented writable `bool` control. The
+    // name is a NUL-terminated C string literal, `newp` points to a live `bool` of the
+    // length passed, and no old value is requested (null `oldp`/`oldlenp`). Called from
+    // main before any other thread of ours exists.
+    let rc = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            c"background_thread".as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            (&mut on as *mut bool).cast(),
+            std::mem::size_of::<bool>(),
+        )
+    };
+    rc == 0
 }
 
 /// `-u USER`: drop to that user's uid/gid after the listeners are bound.

@@ -72,6 +72,18 @@ async fn daemon_mode_writes_pidfile_and_exits_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(ok, "daemon did not accept connections");
+    // The allocator's purging thread runs in the daemon too (jemalloc stops it in a
+    // forked child; pgsluice starts it again), so memory left by a burst is returned.
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("list the daemon's threads")
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|c| c.trim().to_owned())
+        .collect();
+    assert!(
+        threads.iter().any(|c| c == "jemalloc_bg_thd"),
+        "no jemalloc background thread in the daemon: {threads:?}"
+    );
 
     // SAFETY: sending SIGTERM to the daemon this test started.
     unsafe { libc::kill(pid, libc::SIGTERM) };
