@@ -1371,16 +1371,10 @@ async fn terminate_returns_the_server_to_the_pool() {
 
 /// A client that disconnects while it waits for a server (its query queued behind
 /// another client's transaction) is forgotten: its query never runs on a server later,
-/// and the server is not closed because of it.
-///
-/// pgsluice does not watch a queued client's socket (src/session/client.rs, the
-/// `lease(&s)` select only races the KILL notification), so the departed client's
-/// buffered INSERT runs (and commits) once a server frees up, and that server is then
-/// closed.  PgBouncer pauses a waiting client's socket too (`pause_client` →
-/// `sbuf_pause`), so it behaves the same; this test records the stricter behaviour as
-/// a possible improvement rather than a compatibility bug.
+/// and the server is not closed because of it. (PgBouncer pauses a waiting client's
+/// socket, `pause_client` → `sbuf_pause`, so there the INSERT runs once a server frees
+/// up; pgsluice watches the queued client's socket for EOF.)
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "LIMITATION (PgBouncer behaves the same): a client that disconnects while queued still has its query run later"]
 async fn client_gone_while_queued_never_runs_its_query() {
     let (db, user) = setup("queuedrop").await;
     direct(&db)
@@ -1409,4 +1403,37 @@ async fn client_gone_while_queued_never_runs_its_query() {
         vec![vec![a_pid]],
         "the server was kept"
     );
+}
+
+/// The same with a client that sends Terminate after its queued request and keeps the
+/// socket open: it has given up, so its request does not run either.
+#[tokio::test(flavor = "multi_thread")]
+async fn client_terminating_while_queued_never_runs_its_query() {
+    let (db, user) = setup("queuedterm").await;
+    direct(&db)
+        .await
+        .batch_execute(&format!("CREATE TABLE t (x int); GRANT ALL ON t TO {user}"))
+        .await
+        .expect("create table");
+    let p = start_pooler(&db, &user, "transaction", 1, "");
+    let mut a = raw(&p, &db, &user).await;
+    let a_pid = a.query_rows("BEGIN; SELECT pg_backend_pid()").await[0][0].clone();
+    let mut b = raw(&p, &db, &user).await;
+    b.send_query("INSERT INTO t VALUES (42)").await;
+    assert_silent(&mut b, 300, "B while A's transaction is open").await;
+    b.send_raw(b"X\0\0\0\x04").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.query_rows("COMMIT").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        direct_count(&db, "t").await,
+        0,
+        "the terminated client's INSERT ran"
+    );
+    assert_eq!(
+        a.query_rows("SELECT pg_backend_pid()").await,
+        vec![vec![a_pid]],
+        "the server was kept"
+    );
+    drop(b);
 }

@@ -150,6 +150,44 @@ impl Stream {
     }
 
     /// Local address and port for SHOW CLIENTS/SERVERS (`unix`, 0 for Unix sockets).
+    /// Waits until the peer has gone or is talking: `true` once the socket is at EOF, has
+    /// failed or holds a Terminate, `false` once it holds other bytes (which are left
+    /// unread). For TLS the raw socket is looked at: a record there counts as bytes.
+    /// Never ready for a closed stream.
+    pub async fn peer_gone(&self) -> bool {
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        loop {
+            let r = match self {
+                Stream::Unix(u) => {
+                    if u.readable().await.is_err() {
+                        return true;
+                    }
+                    u.try_io(tokio::io::Interest::READABLE, || {
+                        socket2::SockRef::from(u).peek(&mut probe)
+                    })
+                }
+                s => {
+                    let Some(t) = s.tcp_socket() else {
+                        return std::future::pending().await;
+                    };
+                    if t.readable().await.is_err() {
+                        return true;
+                    }
+                    t.try_io(tokio::io::Interest::READABLE, || {
+                        socket2::SockRef::from(t).peek(&mut probe)
+                    })
+                }
+            };
+            match r {
+                Ok(0) => return true,
+                // SAFETY: peek returned 1, so it wrote probe[0].
+                Ok(_) => return !self.is_tls() && unsafe { probe[0].assume_init() } == b'X',
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => return true,
+            }
+        }
+    }
+
     /// The local address and port (SHOW CLIENTS `local_addr`), `unix` for Unix sockets.
     pub fn local_host(&self) -> (crate::stats::HostAddr, u16) {
         match self.tcp_socket() {

@@ -531,12 +531,22 @@ where
     F: Future<Output = Result<ServerConn, PgError>>,
 {
     info.clear_queue_notice();
+    // A client that goes away while it waits (EOF, or a Terminate after its request)
+    // leaves the queue: its request must not run on a server later. Once it has sent
+    // anything else (a pipelined request), the socket is not watched any more.
+    let mut watch = true;
     loop {
         tokio::select! {
             biased;
             r = leasing.as_mut() => return r.map_err(End::fatal),
             _ = info.killed() => {
                 return Err(End::fatal(PgError::fatal(info.kill_reason.lock().clone())));
+            }
+            gone = stream.peer_gone(), if watch => {
+                if gone {
+                    return Err(End::quiet("client unexpected eof"));
+                }
+                watch = false;
             }
             _ = info.queue_notice() => {
                 let mut out = BytesMut::new();
