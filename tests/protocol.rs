@@ -1376,7 +1376,31 @@ async fn terminate_returns_the_server_to_the_pool() {
 /// up; pgsluice watches the queued client's socket for EOF.)
 #[tokio::test(flavor = "multi_thread")]
 async fn client_gone_while_queued_never_runs_its_query() {
-    let (db, user) = setup("queuedrop").await;
+    abandoned_while_queued("queuedrop", |b| async move { drop(b) }).await;
+}
+
+/// The same with a client that sends Terminate after its queued request and keeps the
+/// socket open: it has given up, so its request does not run either.
+#[tokio::test(flavor = "multi_thread")]
+async fn client_terminating_while_queued_never_runs_its_query() {
+    abandoned_while_queued("queuedterm", |mut b| async move {
+        b.send_raw(b"X\0\0\0\x04").await;
+        // Kept open past the check below.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        drop(b);
+    })
+    .await;
+}
+
+/// Client B queues an INSERT behind A's open transaction on a pool of one, then
+/// `abandon` gives it up; after A commits, the INSERT must not have run and A must still
+/// have its server (B's request did not get it closed).
+async fn abandoned_while_queued<F, Fut>(name: &str, abandon: F)
+where
+    F: FnOnce(RawClient) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (db, user) = setup(name).await;
     direct(&db)
         .await
         .batch_execute(&format!("CREATE TABLE t (x int); GRANT ALL ON t TO {user}"))
@@ -1388,7 +1412,7 @@ async fn client_gone_while_queued_never_runs_its_query() {
     let mut b = raw(&p, &db, &user).await;
     b.send_query("INSERT INTO t VALUES (42)").await;
     assert_silent(&mut b, 300, "B while A's transaction is open").await;
-    drop(b);
+    let gone = tokio::spawn(abandon(b));
     tokio::time::sleep(Duration::from_millis(300)).await;
     a.query_rows("COMMIT").await;
     // Whatever pgsluice does with the departed client happens now.
@@ -1403,37 +1427,5 @@ async fn client_gone_while_queued_never_runs_its_query() {
         vec![vec![a_pid]],
         "the server was kept"
     );
-}
-
-/// The same with a client that sends Terminate after its queued request and keeps the
-/// socket open: it has given up, so its request does not run either.
-#[tokio::test(flavor = "multi_thread")]
-async fn client_terminating_while_queued_never_runs_its_query() {
-    let (db, user) = setup("queuedterm").await;
-    direct(&db)
-        .await
-        .batch_execute(&format!("CREATE TABLE t (x int); GRANT ALL ON t TO {user}"))
-        .await
-        .expect("create table");
-    let p = start_pooler(&db, &user, "transaction", 1, "");
-    let mut a = raw(&p, &db, &user).await;
-    let a_pid = a.query_rows("BEGIN; SELECT pg_backend_pid()").await[0][0].clone();
-    let mut b = raw(&p, &db, &user).await;
-    b.send_query("INSERT INTO t VALUES (42)").await;
-    assert_silent(&mut b, 300, "B while A's transaction is open").await;
-    b.send_raw(b"X\0\0\0\x04").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    a.query_rows("COMMIT").await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        direct_count(&db, "t").await,
-        0,
-        "the terminated client's INSERT ran"
-    );
-    assert_eq!(
-        a.query_rows("SELECT pg_backend_pid()").await,
-        vec![vec![a_pid]],
-        "the server was kept"
-    );
-    drop(b);
+    gone.await.expect("B's task");
 }
