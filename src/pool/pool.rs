@@ -379,13 +379,13 @@ impl Pool {
     /// mid-check (KILL, a client timeout), the server is discarded, never lost to the
     /// pool's counts.
     pub async fn check_server(&self, conn: ServerConn) -> Option<ServerConn> {
+        if !self.needs_check(&conn) {
+            return Some(conn);
+        }
         let t = self.target.load();
         let Some(q) = &t.check_query else {
             return Some(conn);
         };
-        if conn.last_used.elapsed() < t.check_delay {
-            return Some(conn);
-        }
         let (q, limit, max) = (q.clone(), t.connect_timeout, t.max_packet_size);
         drop(t);
         let mut guard = DiscardOnDrop {
