@@ -298,27 +298,11 @@ fn scan_server(
                     side.want = h.frame_len();
                     return Ok(None);
                 }
-                let body = &side.buf[side.fwd + 5..side.fwd + h.frame_len()];
-                if h.tag == b'Z' {
-                    let status = body.first().copied().unwrap_or(b'I');
-                    tracker.server_msg(b'Z', status);
-                    meter.ready(status, !tracker.quiet());
-                    if mode == PoolMode::Statement && status != b'I' {
-                        side.buf.truncate(side.fwd);
-                        return Ok(Some(Stop::Statement));
-                    }
-                } else {
-                    let mut pos = 0;
-                    if let (Some(k), Some(v)) =
-                        (read_cstr(body, &mut pos), read_cstr(body, &mut pos))
-                    {
-                        server_params.set(k, v);
-                        if client_params.get(k).is_some() {
-                            client_params.set(k, v);
-                        }
-                    }
+                if let Some(stop) =
+                    whole_z_or_s(side, h, tracker, server_params, client_params, meter, mode)
+                {
+                    return Ok(Some(stop));
                 }
-                side.fwd += h.frame_len();
             }
             tag => {
                 if tag == b'1' {
