@@ -25,10 +25,7 @@ pub enum PeerAddr {
 
 impl PeerAddr {
     pub fn ip_string(&self) -> String {
-        match self {
-            PeerAddr::Tcp(a) => a.ip().to_string(),
-            PeerAddr::Unix => "unix".to_string(),
-        }
+        self.host().to_string()
     }
 
     pub fn port(&self) -> u16 {
