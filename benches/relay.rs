@@ -133,6 +133,7 @@ impl Rig {
             )),
             host_index: 0,
             lifetime_factor: 1.0,
+            lifetime_end: std::cell::Cell::new(None),
             fast_close: false,
             prepared: Default::default(),
             params_synced: None,

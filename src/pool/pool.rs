@@ -312,8 +312,13 @@ impl Pool {
     }
 
     /// [`Pool::release`] with the settings the caller already holds.
-    pub fn release_with(&self, mut conn: ServerConn, s: &PoolSettings) {
-        let now = Instant::now();
+    pub fn release_with(&self, conn: ServerConn, s: &PoolSettings) {
+        self.release_at(conn, s, Instant::now());
+    }
+
+    /// [`Pool::release_with`] for a server idle since `now` (its last ReadyForQuery, which
+    /// the relay has read the clock for already).
+    pub fn release_at(&self, mut conn: ServerConn, s: &PoolSettings, now: Instant) {
         conn.last_used = now;
         let expired = conn.generation != self.generation.load(Ordering::Acquire)
             || conn.info.close_needed.load(Ordering::Relaxed)
@@ -366,8 +371,13 @@ impl Pool {
 
     /// [`Pool::check_server`] would run server_check_query on `conn` before reuse.
     pub fn needs_check(&self, conn: &ServerConn) -> bool {
+        self.needs_check_at(conn, Instant::now())
+    }
+
+    /// [`Pool::needs_check`] at `now` (a clock reading the caller has already made).
+    pub fn needs_check_at(&self, conn: &ServerConn, now: Instant) -> bool {
         let t = self.target.load();
-        t.check_query.is_some() && conn.last_used.elapsed() >= t.check_delay
+        t.check_query.is_some() && now.saturating_duration_since(conn.last_used) >= t.check_delay
     }
 
     /// server_check_query before reuse: a server idle for server_check_delay or longer

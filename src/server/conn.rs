@@ -112,6 +112,9 @@ pub struct Backend {
     /// together (a burst, min_pool_size at startup, recovery after an outage) must not all
     /// expire in the same janitor tick and reopen in one thundering herd.
     pub lifetime_factor: f64,
+    /// `created + server_lifetime × lifetime_factor`, for the server_lifetime it was
+    /// worked out for: a release compares two instants instead of scaling a duration.
+    pub lifetime_end: std::cell::Cell<Option<(std::time::Duration, Instant)>>,
     /// server_fast_close applies to this lease (session mode): once the server is marked
     /// close_needed, the relay ends the session at the next transaction boundary.
     pub fast_close: bool,
@@ -137,8 +140,24 @@ pub fn lifetime_jitter() -> f64 {
 impl Backend {
     /// Older than its share of `lifetime`. Zero = use once (PgBouncer): always expired.
     pub fn lifetime_over(&self, lifetime: std::time::Duration, now: Instant) -> bool {
-        lifetime.is_zero()
-            || now.duration_since(self.created) >= lifetime.mul_f64(self.lifetime_factor)
+        if lifetime.is_zero() {
+            return true;
+        }
+        let end = match self.lifetime_end.get() {
+            Some((l, end)) if l == lifetime => end,
+            _ => {
+                // An absurdly large setting overflows Instant: such a server never expires.
+                let Some(end) = self
+                    .created
+                    .checked_add(lifetime.mul_f64(self.lifetime_factor))
+                else {
+                    return false;
+                };
+                self.lifetime_end.set(Some((lifetime, end)));
+                end
+            }
+        };
+        now >= end
     }
 
     /// An idle server must have no unread bytes: EOF means it died (backend terminated,

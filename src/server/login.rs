@@ -679,6 +679,7 @@ async fn login(
         info,
         host_index,
         lifetime_factor: super::conn::lifetime_jitter(),
+        lifetime_end: std::cell::Cell::new(None),
         fast_close: false,
         prepared: Default::default(),
         params_synced: None,

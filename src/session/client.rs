@@ -302,7 +302,7 @@ async fn transaction(
     // Most requests find an idle server at once: no future, no select, no timer. The
     // others get a boxed lease, so what a wait needs (the queue slot, its timers) is not
     // part of every transaction's future.
-    let (leased, waited) = match lease_now(s, settings) {
+    let (leased, waited) = match lease_now(s, settings, wait_from) {
         Ok(conn) => (Ok(conn), false),
         Err(to_check) => {
             let mut leasing = Box::pin(lease(s, settings, to_check));
@@ -324,7 +324,11 @@ async fn transaction(
     };
     let mut tx = TxStats {
         server_assignment_count: 1,
-        wait_time: leased_at.saturating_duration_since(wait_from).as_micros() as u64,
+        wait_time: if waited {
+            leased_at.saturating_duration_since(wait_from).as_micros() as u64
+        } else {
+            0
+        },
         ..Default::default()
     };
     info.set_state(ClientState::Active);
@@ -391,6 +395,7 @@ async fn transaction(
         ) => end,
         _ = info.killed() => RelayEnd::Killed,
     };
+    let idle_since = meter.last_ready.unwrap_or_else(Instant::now);
     info.prepared_statements
         .store(stmts.len() as u64, Ordering::Relaxed);
     server
@@ -414,7 +419,7 @@ async fn transaction(
             {
                 reset_and_release(s, server, &settings.server_reset_query).await;
             } else {
-                s.pool.release_with(server, settings);
+                s.pool.release_at(server, settings, idle_since);
             }
         }
         RelayEnd::ClientTerminated => {
@@ -614,6 +619,7 @@ async fn lease(
 fn lease_now(
     s: &Session,
     settings: &crate::pool::PoolSettings,
+    now: Instant,
 ) -> Result<ServerConn, Option<ServerConn>> {
     loop {
         let conn = s.pool.try_idle(settings).ok_or(None)?;
@@ -621,7 +627,7 @@ fn lease_now(
             s.pool.discard(conn);
             continue;
         }
-        if s.pool.needs_check(&conn) {
+        if s.pool.needs_check_at(&conn, now) {
             return Err(Some(conn));
         }
         let mut conn = conn;

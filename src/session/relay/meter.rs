@@ -56,6 +56,9 @@ pub struct Meter<'a> {
     idle_mark: Option<(u64, Instant)>,
     /// When the lease began, until the first request scan has used it.
     pub(super) lease_start: Option<Instant>,
+    /// When the last ReadyForQuery was read: the server has been idle since (the release
+    /// time, without another clock read).
+    pub last_ready: Option<Instant>,
 }
 
 impl<'a> Meter<'a> {
@@ -67,6 +70,7 @@ impl<'a> Meter<'a> {
             limits: Timeouts::default(),
             idle_mark: None,
             lease_start: None,
+            last_ready: None,
         }
     }
 
@@ -95,9 +99,14 @@ impl<'a> Meter<'a> {
     #[inline]
     pub(super) fn ready(&mut self, status: u8, busy: bool) {
         let now = Instant::now();
+        self.last_ready = Some(now);
         self.stats.query_count += 1;
+        // A one-query transaction started both clocks at once: one subtraction for both.
+        let mut query_us = None;
         if let Some(t) = self.query_start.take() {
-            self.stats.query_time += now.duration_since(t).as_micros() as u64;
+            let us = now.duration_since(t).as_micros() as u64;
+            self.stats.query_time += us;
+            query_us = Some((t, us));
         }
         if busy {
             self.query_start = Some(now);
@@ -105,7 +114,10 @@ impl<'a> Meter<'a> {
         if status == b'I' {
             self.stats.xact_count += 1;
             if let Some(t) = self.xact_start.take() {
-                self.stats.xact_time += now.duration_since(t).as_micros() as u64;
+                self.stats.xact_time += match query_us {
+                    Some((q, us)) if q == t => us,
+                    _ => now.duration_since(t).as_micros() as u64,
+                };
             }
             // A pipelined request after an idle ReadyForQuery opens the next transaction.
             if busy {
