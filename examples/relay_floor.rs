@@ -4,10 +4,10 @@
 //! one worker). There is no pooling, no authentication (the client's startup and the
 //! server's authentication pass through), no statistics.
 //!
-//! The side-by-side bench runs it as the `floor` target (`--floor`): its CPU per transaction
-//! is what the kernel's loopback TCP work and the runtime cost when a process sits between
-//! pgbench and PostgreSQL, and its added latency is the extra hop's. A pooler cannot go below
-//! either without leaving user space.
+//! The side-by-side bench runs it as the `floor` target (`--no-floor` leaves it out): its CPU
+//! per transaction is what the kernel's loopback TCP work and the runtime cost when a process
+//! sits between pgbench and PostgreSQL, and its added latency is the extra hop's. A pooler
+//! cannot go below either without leaving user space.
 //!
 //!     cargo run --release --example relay_floor -- 127.0.0.1:6500 127.0.0.1:5432
 

@@ -77,7 +77,9 @@ def svg_chart(bench, names, labels):
     # A round upper bound.
     mag = 10 ** (len(str(int(ymax))) - 1)
     ytop = (int(ymax * 1.1 / mag) + 1) * mag
-    W, H, L, R, T, B = 720, 420, 80, 150, 40, 60
+    # The legend column: 150 px, wider only for a longer label (the floor's).
+    R = max(150, 60 + 7 * max(len(labels[t]) for t in names))
+    W, H, L, T, B = 570 + R, 420, 80, 40, 60
     pw, ph = W - L - R, H - T - B
 
     def px(c):
@@ -86,7 +88,8 @@ def svg_chart(bench, names, labels):
     def py(v):
         return T + ph * (1 - v / ytop)
 
-    colors = {"direct": "#555555", "pgbouncer": "#1f77b4", "pgsluice": "#d62728"}
+    colors = {"direct": "#555555", "pgbouncer": "#1f77b4", "pgsluice": "#d62728", "floor": "#999999"}
+    dashes = {"floor": ' stroke-dasharray="6 4"'}
     o = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
          'font-family="sans-serif" font-size="12">',
          f'<rect width="{W}" height="{H}" fill="white"/>',
@@ -108,16 +111,17 @@ def svg_chart(bench, names, labels):
              f'transform="rotate(-90 18 {T + ph / 2})">transactions per second (median)</text>')
     for i, t in enumerate(names):
         col = colors.get(t, "#2ca02c")
+        dash = dashes.get(t, "")
         pts = points[t]
         if len(pts) > 1:
             path = " ".join(f"{px(c):.1f},{py(v):.1f}" for c, v in pts)
-            o.append(f'<polyline points="{path}" fill="none" stroke="{col}" stroke-width="2"/>')
+            o.append(f'<polyline points="{path}" fill="none" stroke="{col}" stroke-width="2"{dash}/>')
         for c, v in pts:
             o.append(f'<circle cx="{px(c):.1f}" cy="{py(v):.1f}" r="4" fill="{col}"><title>{labels[t]}, '
                      f'{c} clients: {v:,.0f} tps</title></circle>')
         ly = T + 20 + 22 * i
         o.append(f'<line x1="{L + pw + 20}" y1="{ly}" x2="{L + pw + 45}" y2="{ly}" stroke="{col}" '
-                 'stroke-width="2"/>')
+                 f'stroke-width="2"{dash}/>')
         o.append(f'<circle cx="{L + pw + 32.5}" cy="{ly}" r="4" fill="{col}"/>')
         o.append(f'<text x="{L + pw + 52}" y="{ly + 4}">{labels[t]}</text>')
     o.append("</svg>")
@@ -142,6 +146,13 @@ def report(bench, ctx):
               f"round(s), targets interleaved within each round ({' → '.join(labels[n] for n in names)}); "
               "the table shows the median over rounds.")
     md.append("")
+    if "floor" in names:
+        md.append(f"{labels['floor']}: `examples/relay_floor.rs`, a TCP relay that parses nothing and opens one "
+                  "PostgreSQL connection per client (no pooling), on one current-thread tokio runtime. Its CPU per "
+                  "transaction and added latency are the floor of any user-space pooler on this machine (the "
+                  "kernel's loopback TCP work and the runtime). It runs only in the cases "
+                  + "; ".join(f"`{c.title}`" for c in CASES if c.floor) + "; elsewhere its cells show —.")
+        md.append("")
     md.append("![TPS vs clients](" + ctx["svg_name"] + ")")
     md.append("")
     m = ctx["machine"]
@@ -153,19 +164,29 @@ def report(bench, ctx):
            f"| pgsluice | git {ctx['rev']}, `{ctx['pgsluice_v']}`, release build |",
            f"| PgBouncer | {ctx['pgbouncer_v']} |",
            f"| PostgreSQL | {ctx['postgres_v']} |",
-           f"| pgbench | {ctx['pgbench_v']} |",
-           ""]
+           f"| pgbench | {ctx['pgbench_v']} |"]
+    if "floor" in names:
+        md.append(f"| {labels['floor']} | `examples/relay_floor.rs`, git {ctx['rev']}, release build |")
+    md.append("")
+
+    has_floor = "floor" in names
 
     def tps_row(case, note=""):
-        d, b, s = (S[(case.key, n)] if n in names else None for n in ("direct", "pgbouncer", "pgsluice"))
+        d, b, s, f = (S[(case.key, n)] if n in names else None for n in ("direct", "pgbouncer", "pgsluice", "floor"))
         dt = d["tps"] if d and d["n"] else None
         bt = b["tps"] if b else None
         st = s["tps"] if s else None
-        return (f"| {case.title}{note} | {cell_tps(d) if d and d['n'] else '—'} | {cell_tps(b)} | {cell_tps(s)} "
-                f"| {fmt_ratio(st, bt)} | {fmt_ratio(st, dt)} | {fmt_ratio(bt, dt)} |")
+        row = (f"| {case.title}{note} | {cell_tps(d) if d and d['n'] else '—'} | {cell_tps(b)} | {cell_tps(s)} "
+               f"| {fmt_ratio(st, bt)} | {fmt_ratio(st, dt)} | {fmt_ratio(bt, dt)} |")
+        if has_floor:
+            ft = f["tps"] if f["n"] else None
+            row += f" {cell_tps(f) if f['n'] else '—'} | {fmt_ratio(ft, bt)} |"
+        return row
 
     hdr = ["| case | direct | PgBouncer | pgsluice | pgsluice ÷ PgBouncer | pgsluice ÷ direct | PgBouncer ÷ direct |",
            "|---|---:|---:|---:|---:|---:|---:|"]
+    if has_floor:
+        hdr = [hdr[0] + f" {labels['floor']} | floor ÷ PgBouncer |", hdr[1] + "---:|---:|"]
     md += ["## Throughput (transactions per second, median)", ""] + hdr
     for c in CASES:
         if c.key in ctx["ran"]:
@@ -200,6 +221,8 @@ def report(bench, ctx):
                "| target | result per round |", "|---|---|"]
         for n in names:
             recs = [r for r in bench.runs if r["case"] == "tpcb-c100" and r["target"] == n]
+            if not recs:
+                continue
             md.append(f"| {labels[n]} | {', '.join(r.get('balance', 'not checked') for r in recs)} |")
         md.append("")
 
@@ -220,16 +243,19 @@ def report(bench, ctx):
             md.append("Idle-client login errors (samples): " + "; ".join(f"`{e}`" for e in errs[:5]))
         md.append("")
 
-    poolers = [n for n in names if n != "direct"]
+    poolers = [n for n in names if n not in ("direct", "floor")]
+    fl = labels.get("floor")
     md += ["## Pooler CPU per transaction", "",
            "utime + stime of the pooler process (all threads) from /proc/<pid>/stat, from just before "
            "pgbench starts to just after it exits (its client logins included), ÷ transactions "
            "(clock-tick resolution: 10 ms per run). Core use = CPU seconds ÷ the run's wall time "
-           "(1.00 = one core busy all the time).", "",
+           "(1.00 = one core busy all the time)." + (f" The {fl} process is measured the same way."
+                                                      if has_floor else ""), "",
            "| case | " + " | ".join(f"{labels[n]} CPU s / 100k tx" for n in poolers) +
            " | pgsluice ÷ PgBouncer | " + " | ".join(f"{labels[n]} µs / tx" for n in poolers) +
-           " | " + " | ".join(f"{labels[n]} core use" for n in poolers) + " |",
-           "|---|" + "---:|" * (3 * len(poolers) + 1)]
+           " | " + " | ".join(f"{labels[n]} core use" for n in poolers) + " |" +
+           (" floor CPU s / 100k tx | floor µs / tx | floor ÷ PgBouncer | floor core use |" if has_floor else ""),
+           "|---|" + "---:|" * (3 * len(poolers) + 1 + (4 if has_floor else 0))]
     for c in CASES:
         if c.key not in ctx["ran"]:
             continue
@@ -237,9 +263,15 @@ def report(bench, ctx):
         cells = [fmt_num(per[n] / 10 if per[n] is not None else None, 2) for n in poolers]
         us = [fmt_num(per[n], 1) for n in poolers]
         util = [fmt_num(S[(c.key, n)]["cpu_util"], 2) for n in poolers]
-        md.append(f"| {c.title} | " + " | ".join(cells) +
-                  f" | {fmt_ratio(per.get('pgsluice'), per.get('pgbouncer'))} | " + " | ".join(us) +
-                  " | " + " | ".join(util) + " |")
+        row = (f"| {c.title} | " + " | ".join(cells) +
+               f" | {fmt_ratio(per.get('pgsluice'), per.get('pgbouncer'))} | " + " | ".join(us) +
+               " | " + " | ".join(util) + " |")
+        if has_floor:
+            f = S[(c.key, "floor")]
+            fper = f["cpu_us_per_tx"]
+            row += (f" {fmt_num(fper / 10 if fper is not None else None, 2)} | {fmt_num(fper, 1)} | "
+                    f"{fmt_ratio(fper, per.get('pgbouncer'))} | {fmt_num(f['cpu_util'], 2)} |")
+        md.append(row)
     md.append("")
 
     md += ["## Issue 7 targets", "", "| target | measured | met? |", "|---|---|---|"]
@@ -259,6 +291,9 @@ def report(bench, ctx):
            "PgBouncer and pgsluice read the same pgbouncer.ini; only `listen_port` differs. pgbench runs with "
            f"`-n -j min(clients, nproc)` against `{HOST}`, `PGSSLMODE=disable`.", "", "```ini",
            ctx["ini"].rstrip(), "```", ""]
+    if has_floor:
+        md += [f"{labels['floor']}: `relay_floor {HOST}:<port> {HOST}:<PostgreSQL port>` (no configuration; "
+               "pgbench's startup and PostgreSQL's authentication pass through it).", ""]
     if ctx.get("tls_ini"):
         md += ["TLS cases run against a second PgBouncer/pgsluice pair with these lines added (pgbench "
                "with `PGSSLMODE=require`; PostgreSQL has `ssl = on` with the same self-signed "
@@ -289,10 +324,17 @@ def targets_table(S, ctx):
         s = S.get((key, n))
         return s[field] if s and s["n"] and s["ok"] else None
 
+    floor = any(n == "floor" for _, n in S)
+
     if "select-c200" in ran:
         b, s = get("select-c200", "pgbouncer", "cpu_us_per_tx"), get("select-c200", "pgsluice", "cpu_us_per_tx")
         r = s / b if b and s is not None else None
         measured = "—" if r is None else f"{s:.1f} vs {b:.1f} µs = {r:.2f}×"
+        if floor:
+            # The relay cannot run 200 clients (one backend each); its ratio at 20 clients bounds the target.
+            fb, f = get("select-c20", "pgbouncer", "cpu_us_per_tx"), get("select-c20", "floor", "cpu_us_per_tx")
+            measured += ("; 1:1 relay floor (-S, 20 clients) —" if fb is None or f is None else
+                         f"; 1:1 relay floor (-S, 20 clients) {f:.1f} vs {fb:.1f} µs = {f / fb:.2f}×")
         out.append(f"| pooler CPU per transaction ≤ 0.8 × PgBouncer's (-S, 200 clients) | {measured} | "
                    f"{verdict(r <= 0.8 if r is not None else None)} |")
         b, s = get("select-c200", "pgbouncer", "tps"), get("select-c200", "pgsluice", "tps")
@@ -302,8 +344,12 @@ def targets_table(S, ctx):
     if "select-c1" in ran:
         d, s = get("select-c1", "direct", "lat_avg_us"), get("select-c1", "pgsluice", "lat_avg_us")
         add = s - d if d is not None and s is not None else None
+        measured = "—" if add is None else f"{add:+.1f} µs"
+        if floor:
+            f = get("select-c1", "floor", "lat_avg_us")
+            measured += f"; 1:1 relay floor {'—' if d is None or f is None else f'{f - d:+.1f} µs'}"
         out.append(f"| 1 client: added average latency over direct ≤ 20 µs | "
-                   f"{'—' if add is None else f'{add:+.1f} µs'} | {verdict(add <= 20 if add is not None else None)} |")
+                   f"{measured} | {verdict(add <= 20 if add is not None else None)} |")
     if "connect-c8" in ran:
         b, s = get("connect-c8", "pgbouncer", "tps"), get("connect-c8", "pgsluice", "tps")
         r = s / b if b and s is not None else None

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Side-by-side load bench: direct PostgreSQL, PgBouncer and pgsluice in one run.
+"""Side-by-side load bench: direct PostgreSQL, PgBouncer, pgsluice and a 1:1 relay in one run.
 
     python3 benches/side-by-side/run.py            # reference run: 10 s runs, 3 rounds
     python3 benches/side-by-side/run.py --quick    # smoke check: 3 s runs, 1 round
@@ -7,10 +7,11 @@
 Builds pgsluice (release), starts a throwaway PostgreSQL cluster (as the `postgres` OS
 user when run as root), initialises pgbench, starts Debian's pgbouncer (installed with
 apt-get if missing) and pgsluice from the same pgbouncer.ini (only the port differs),
-then runs every case against every target interleaved, round after round, and writes
-results/<date>-<host>.md and .svg. Everything it starts is stopped on exit, error,
-Ctrl-C or SIGTERM; if the script itself is killed, its children get a parent-death
-signal. See README.md in this directory.
+and the 1:1 relay floor (examples/relay_floor.rs; not with --no-floor), then runs every
+case against every target interleaved, round after round (the floor only in the cases
+where a 1:1 relay is comparable), and writes results/<date>-<host>.md and .svg.
+Everything it starts is stopped on exit, error, Ctrl-C or SIGTERM; if the script itself
+is killed, its children get a parent-death signal. See README.md in this directory.
 """
 
 import argparse
@@ -34,9 +35,9 @@ from cases import CASES
 from procs import (HERE, HOST, IS_ROOT, PROCS, REPO, BenchError, cpu_seconds, on_signal, raise_nofile,
                    readline_bounded, rss_bytes, run, tail, write_file)
 from report import fmt_bytes, fmt_num, report, svg_chart
-from targets import (DB, PASSWORD, POOL_SIZE, USER, Direct, Pooler, Postgres, build_pgsluice,
-                     ensure_pgbouncer, first_line, git_rev, loadavg, machine_info, make_tls_files, pg_bin_dir,
-                     tls_ini_lines)
+from targets import (DB, PASSWORD, POOL_SIZE, USER, Direct, Floor, Pooler, Postgres, build_floor,
+                     build_pgsluice, ensure_pgbouncer, first_line, git_rev, loadavg, machine_info, make_tls_files,
+                     pg_bin_dir, tls_ini_lines)
 
 # --------------------------------------------------------------------------------------
 # pgbench runs
@@ -187,18 +188,20 @@ class Bench:
         if "lat_p99_us" in rec:
             s += f", avg {rec['lat_avg_us']:.0f} µs, p99 {rec['lat_p99_us']} µs"
         if "cpu_us_per_tx" in rec:
-            s += f", pooler {rec['cpu_us_per_tx']:.1f} µs CPU/tx"
+            s += f", {'relay' if rec['target'] == 'floor' else 'pooler'} {rec['cpu_us_per_tx']:.1f} µs CPU/tx"
         return s
 
     def run_case(self, case):
-        targets = [t for t in self.targets if not (case.poolers_only and t.pid is None)]
+        targets = [t for t in self.targets if not (case.poolers_only and t.pid is None)
+                   and (case.floor or t.name != "floor")]
         if case.tls:
             # The TLS pair has the same target names, so the report puts it beside the rest.
             targets = self.tls_targets[case.tls]
+        width = max(10, max(len(t.label) for t in targets))
         for rnd in range(1, self.args.rounds + 1):
             for t in targets:
                 rec = self.one_run(case, t, rnd)
-                print(f"  [{case.key} round {rnd}] {t.label:10} {self.describe(rec)}", flush=True)
+                print(f"  [{case.key} round {rnd}] {t.label:{width}} {self.describe(rec)}", flush=True)
                 time.sleep(self.args.pause)
 
     def warm_up(self):
@@ -259,6 +262,8 @@ def parse_args():
     ap.add_argument("--cases", help="comma-separated subset of: " + ",".join(c.key for c in CASES) + ",idle")
     ap.add_argument("--pause", type=float, default=1.0, help="seconds between runs (default 1)")
     ap.add_argument("--pgsluice-bin", help="use this pgsluice binary instead of building one")
+    ap.add_argument("--no-floor", action="store_true",
+                    help="leave out the 1:1 relay floor target (examples/relay_floor.rs)")
     ap.add_argument("--out-dir", default=os.path.join(HERE, "results"), help="where the .md and .svg go")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, cluster) for debugging")
     a = ap.parse_args()
@@ -310,6 +315,11 @@ def main():
         sluice = os.path.join(root, "pgsluice")
         shutil.copy2(exe, sluice)
         os.chmod(sluice, 0o755)
+        relay = None
+        if not args.no_floor:
+            relay = os.path.join(root, "relay_floor")
+            shutil.copy2(build_floor(), relay)
+            os.chmod(relay, 0o755)
 
         ctx = {"date": started.strftime("%Y-%m-%d"), "started": started.strftime("%Y-%m-%d %H:%M:%S"),
                "command": command, "machine": machine_info(), "load_start": loadavg(), "rev": git_rev(),
@@ -343,8 +353,13 @@ def main():
         sl.start()
         print(f"bench: PgBouncer on {HOST}:{bouncer.port} (pid {bouncer.pid}), "
               f"pgsluice on {HOST}:{sl.port} (pid {sl.pid})", flush=True)
+        floor = None
+        if relay:
+            floor = Floor(relay, root, pg.port)
+            floor.start()
+            print(f"bench: 1:1 relay floor on {HOST}:{floor.port} (pid {floor.pid})", flush=True)
 
-        targets = [Direct(pg), bouncer, sl]
+        targets = [Direct(pg), bouncer, sl] + ([floor] if floor else [])
         bench = Bench(args, root, pg, targets, pgbench)
         for mode in tls_modes:
             lines = tls_ini_lines(mode, *tls_files)
@@ -378,7 +393,8 @@ def main():
             bench.run_case(case)
             ctx["ran"].append(case.key)
 
-        for p in [bouncer, sl] + [p for pair in bench.tls_targets.values() for p in pair]:
+        extra = ([floor] if floor else []) + [p for pair in bench.tls_targets.values() for p in pair]
+        for p in [bouncer, sl] + extra:
             if not p.alive():
                 raise BenchError(f"{p.label} died during the run:\n{tail(p.log)}")
         ctx["load_end"] = loadavg()

@@ -1,5 +1,6 @@
-"""The three targets of the side-by-side bench: a throwaway PostgreSQL cluster, PgBouncer
-and pgsluice (one pgbouncer.ini for both), plus the machine and version facts."""
+"""The targets of the side-by-side bench: a throwaway PostgreSQL cluster, PgBouncer and
+pgsluice (one pgbouncer.ini for both), the 1:1 relay floor, plus the machine and version
+facts."""
 
 import glob
 import json
@@ -12,7 +13,8 @@ import subprocess
 import sys
 import time
 
-from procs import HOST, IS_ROOT, PROCS, REPO, BenchError, free_port, run, tail, wait_port, write_file
+from procs import (HOST, IS_ROOT, PROCS, REPO, BenchError, free_port, readline_bounded, run, tail, wait_port,
+                   write_file)
 
 DB = "bench"
 USER = "bench"
@@ -89,9 +91,10 @@ def ensure_pgbouncer():
     return path
 
 
-def build_pgsluice():
-    print("bench: cargo build --release --bin pgsluice", flush=True)
-    r = run(["cargo", "build", "--release", "--bin", "pgsluice", "--message-format=json-render-diagnostics"],
+def cargo_build(kind, name):
+    """`cargo build --release --<kind> <name>`; the path of the executable it made."""
+    print(f"bench: cargo build --release --{kind} {name}", flush=True)
+    r = run(["cargo", "build", "--release", f"--{kind}", name, "--message-format=json-render-diagnostics"],
             timeout=3600, cwd=REPO, check=False)
     exe = None
     for line in r.stdout.splitlines():
@@ -100,11 +103,21 @@ def build_pgsluice():
         except ValueError:
             continue
         if msg.get("reason") == "compiler-artifact" and msg.get("executable") and \
-                msg.get("target", {}).get("name") == "pgsluice":
+                msg.get("target", {}).get("name") == name:
             exe = msg["executable"]
     if r.returncode != 0 or not exe:
-        raise BenchError(f"cargo build --release failed ({r.returncode}):\n{r.stderr[-4000:]}")
+        raise BenchError(f"cargo build --release --{kind} {name} failed ({r.returncode}):\n{r.stderr[-4000:]}")
     return exe
+
+
+def build_pgsluice():
+    return cargo_build("bin", "pgsluice")
+
+
+def build_floor():
+    # A separate cargo invocation: the example pulls in the dev-dependencies, and building
+    # it together with the binary could unify their features into pgsluice's build.
+    return cargo_build("example", "relay_floor")
 
 
 def git_rev():
@@ -296,3 +309,42 @@ class Direct:
         return self.pg.proc.poll() is None
 
 
+class Floor:
+    """examples/relay_floor.rs: a 1:1 TCP relay to PostgreSQL that parses nothing (one
+    upstream connection per client), the CPU and latency floor of any user-space pooler."""
+
+    name = "floor"
+    label = "1:1 relay (floor)"
+
+    def __init__(self, exe, root, pg_port):
+        self.port = free_port()
+        self.log = os.path.join(root, "floor.log")
+        self.argv = [exe, f"{HOST}:{self.port}", f"{HOST}:{pg_port}"]
+        self.proc = None
+
+    def start(self):
+        logf = open(self.log, "w")
+        if IS_ROOT:
+            pg = pwd.getpwnam("postgres")
+            os.chown(self.log, pg.pw_uid, pg.pw_gid)
+        # stdout is a pipe for the one "relay_floor listening on ..." line; nothing else goes there.
+        self.proc = PROCS.spawn(self.name, self.argv, as_pg=True, stop_sig=signal.SIGTERM,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=logf, text=True)
+        logf.close()
+        line = readline_bounded(self.proc, 30)
+        if not line.startswith("relay_floor listening on"):
+            try:
+                self.proc.wait(timeout=2)  # an empty line is EOF: it is exiting
+            except subprocess.TimeoutExpired:
+                pass
+            if self.proc.poll() is not None:
+                raise BenchError(f"relay_floor exited ({self.proc.returncode}) during startup:\n{tail(self.log)}")
+            raise BenchError(f"relay_floor did not report listening within 30 s ({line.strip()!r}):\n"
+                             f"{tail(self.log)}")
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def alive(self):
+        return self.proc.poll() is None
