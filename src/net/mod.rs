@@ -6,6 +6,7 @@ pub mod connect;
 pub mod dns;
 pub mod listener;
 pub mod msgio;
+pub mod scratch;
 pub mod stream;
 pub mod tcp;
 pub mod tls;

@@ -175,22 +175,19 @@ async fn run(app: &App, stream: &mut Stream, mut s: Session) -> End {
                 }
             }
             // `readable` can be stale (the readiness left over from the login's reads, or
-            // a spurious wake-up), so the read is tried once without waiting: awaiting it
-            // would park every idle client on an 8 KiB buffer. Nothing there = the
-            // readiness is now cleared; back to waiting without a buffer.
-            cbuf = BytesMut::with_capacity(8192);
+            // a spurious wake-up), so the read is tried once without waiting. It goes
+            // through the thread's scratch buffer: the request is kept in a buffer of its
+            // own size, which is all a queued client holds. Nothing there = the readiness
+            // is now cleared; back to waiting.
             let read = std::future::poll_fn(|cx| {
-                match tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, &mut cbuf) {
+                match crate::net::scratch::poll_read_into(&mut *stream, cx, &mut cbuf) {
                     Poll::Ready(r) => Poll::Ready(Some(r)),
                     Poll::Pending => Poll::Ready(None),
                 }
             })
             .await;
             match read {
-                None => {
-                    cbuf = BytesMut::new();
-                    continue;
-                }
+                None => continue,
                 Some(Ok(0) | Err(_)) => return End::quiet("client close request"),
                 Some(Ok(_)) => {}
             }

@@ -91,6 +91,9 @@ struct Side<'a> {
     want: usize,
     eof: bool,
     out: Option<&'a mut BytesMut>,
+    /// Short reads go through the thread's scratch buffer (the client side: its buffer
+    /// is per client and lives through queue waits; a server's is kept and reused).
+    scratch: bool,
 }
 
 /// Nothing left to write: TLS output rustls still holds is pushed out (a TLS write may
@@ -116,6 +119,7 @@ impl<'a> Side<'a> {
             want: 0,
             eof: false,
             out: None,
+            scratch: false,
         }
     }
 
@@ -144,7 +148,18 @@ impl<'a> Side<'a> {
 
     fn poll_read(&mut self, cx: &mut Context<'_>, s: &mut Stream) -> Poll<std::io::Result<usize>> {
         let need = READ_CHUNK.max(self.want.saturating_sub(self.buf.len() - self.fwd));
-        if self.buf.capacity() - self.buf.len() < need / 2 {
+        let room = self.buf.capacity() - self.buf.len() >= need / 2;
+        if self.scratch && !room && need == READ_CHUNK {
+            // Most reads find a short request or nothing at all (then no buffer was
+            // grown for it). A read that fills the scratch buffer is bulk data (COPY,
+            // a large row): from then on the buffer grows and is read into directly.
+            let r = crate::net::scratch::poll_read_into(s, cx, self.buf);
+            if matches!(r, Poll::Ready(Ok(n)) if n == crate::net::scratch::SCRATCH_LEN) {
+                self.buf.reserve(READ_CHUNK);
+            }
+            return r;
+        }
+        if !room {
             self.buf.reserve(need);
         }
         poll_read_buf(Pin::new(s), cx, self.buf)
@@ -362,6 +377,7 @@ pub async fn relay_with(
         ..
     } = &mut **server;
     let mut c = Side::new(cbuf);
+    c.scratch = true;
     let mut s = Side::new(rbuf);
     let mut cs = match prepared {
         Some((cs, out)) => {
