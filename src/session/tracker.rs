@@ -570,5 +570,5 @@ impl Tracker {
 }
 
 #[cfg(test)]
-#[path = "tracker_tests.rs"]
+#[path = "tracker_tests/mod.rs"]
 mod tests;

@@ -171,7 +171,7 @@ impl Exporter {
     }
 }
 
-/// When the pool's last server login failed, if none succeeded since (scrape.rs).
+/// When the pool's last server login failed, if none succeeded since (scrape/extras.rs).
 fn login_failed_at(db: &str, user: &str) -> Option<Instant> {
     let e = EXPORTER.get()?;
     let m = e.pools.read().get(db).and_then(|u| u.get(user)).cloned()?;
@@ -180,7 +180,7 @@ fn login_failed_at(db: &str, user: &str) -> Option<Instant> {
 }
 
 /// Unix time the endpoint started (moments after process start), for
-/// process_start_time_seconds (scrape.rs).
+/// process_start_time_seconds (scrape/extras.rs).
 fn started_unix() -> Option<f64> {
     EXPORTER.get().map(|e| e.started_unix)
 }
