@@ -356,7 +356,7 @@ async fn transaction(
         server.params_synced = s.params.set_id().map(|id| (id, server.params.version()));
     }
     s.cancel.slot.arm(ServerKey {
-        addr: server.addr.clone(),
+        addr: server.route.addr.clone(),
         pid: server.backend_pid,
         secret: server.backend_secret,
     });
@@ -574,7 +574,7 @@ where
 /// closed either way, and the cancel is bounded like a client's.
 fn cancel_running(server: &ServerConn) {
     let key = ServerKey {
-        addr: server.addr.clone(),
+        addr: server.route.addr.clone(),
         pid: server.backend_pid,
         secret: server.backend_secret,
     };
