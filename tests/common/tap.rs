@@ -8,6 +8,9 @@
 //!
 //! Only the first packet (and, after a refused SSLRequest, the next one) is read by the
 //! tap; after that bytes pass through untouched, TLS included.
+//!
+//! The tap's tasks run on the test's runtime: a test that also calls blocking helpers
+//! (such as `Pooler::wait_for_log`) needs a multi-thread runtime, or the tap stalls.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
