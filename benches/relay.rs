@@ -22,7 +22,7 @@ use tokio::net::UnixStream;
 
 use pgsluice::config::PoolMode;
 use pgsluice::net::Stream;
-use pgsluice::server::{Backend, ServerAddr, ServerConn, ServerParams};
+use pgsluice::server::{Backend, ServerAddr, ServerConn, ServerParams, ServerRoute};
 use pgsluice::session::params::ClientParams;
 use pgsluice::session::relay::{relay, Meter, RelayEnd};
 use pgsluice::session::tracker::Tracker;
@@ -117,7 +117,9 @@ impl Rig {
             params: ServerParams::default(),
             backend_pid: 4242,
             backend_secret: 0x5eed,
-            addr: ServerAddr::Unix(PathBuf::from("/nonexistent/.s.PGSQL.5432")),
+            route: Arc::new(ServerRoute::plain(ServerAddr::Unix(PathBuf::from(
+                "/nonexistent/.s.PGSQL.5432",
+            )))),
             id: 1,
             created: Instant::now(),
             last_used: Instant::now(),

@@ -1,10 +1,12 @@
 //! Client-side timeouts seen from clients: query_timeout (running, and still queued),
 //! idle_transaction_timeout, transaction_timeout, client_idle_timeout, the
-//! query_wait_notify NOTICE, client_login_timeout while the server is down, `[users]`
-//! overrides, and that nothing fires when every timeout is 0.
+//! query_wait_notify NOTICE, client_login_timeout while the server is down,
+//! cancel_wait_timeout for a cancel the server does not finish, `[users]` overrides, and
+//! that nothing fires when every timeout is 0.
 //!
 //! Each timeout must end the client with PgBouncer's exact text as FATAL 08P01 within its
-//! bound. Timing is asserted with slack (a 1 s setting fires within about 1–5 s), never
+//! bound (cancel_wait_timeout, as in PgBouncer, closes the cancel connection without
+//! one). Timing is asserted with slack (a 1 s setting fires within about 1–5 s), never
 //! exactly. Every test starts its own pgsluice and uses its own database and role.
 
 mod common;
@@ -12,7 +14,8 @@ mod common;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use common::{cluster, connect, Msg, Pooler, PoolerBuilder, RawClient};
+use common::{cluster, connect, Misbehave, Msg, Pooler, PoolerBuilder, RawClient, Tap};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 // ------------------------------------------------------------------ helpers
 
@@ -20,9 +23,15 @@ use common::{cluster, connect, Msg, Pooler, PoolerBuilder, RawClient};
 /// `[pgbouncer]` and `users` lines as the `[users]` section; `roles` go into the auth_file
 /// with empty passwords (trust).
 fn start(db: &str, settings: &str, users: &str, roles: &[&str]) -> Pooler {
+    start_via(db, "{pg_port}", settings, users, roles)
+}
+
+/// [`start`] with the database entry's port set to `server_port` (a placeholder or a
+/// number, e.g. a [`Tap`]'s port).
+fn start_via(db: &str, server_port: &str, settings: &str, users: &str, roles: &[&str]) -> Pooler {
     let ini = format!(
         "[databases]\n\
-         {db} = host={{pg_host}} port={{pg_port}} dbname={db}\n\
+         {db} = host={{pg_host}} port={server_port} dbname={db}\n\
          [pgbouncer]\n\
          listen_addr = 127.0.0.1\n\
          listen_port = {{port}}\n\
@@ -445,6 +454,133 @@ async fn users_override_takes_precedence_over_the_global_timeout() {
     );
     assert_eq!(ok(&mut s, "SELECT 5").await.as_deref(), Some("5"));
     ok(&mut s, "COMMIT").await;
+}
+
+// ------------------------------------------------------------------ cancel_wait_timeout
+
+/// The pid of the one active backend of `user` whose query contains `marker`, once there
+/// is one (within 5 s).
+async fn active_pid(user: &str, marker: &str) -> i32 {
+    let su = cluster().superuser().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let rows = su
+            .query(
+                "SELECT pid FROM pg_stat_activity \
+                 WHERE usename = $1 AND state = 'active' AND pid <> pg_backend_pid() \
+                   AND strpos(query, $2) > 0",
+                &[&user, &marker],
+            )
+            .await
+            .expect("pg_stat_activity");
+        if let [row] = rows.as_slice() {
+            return row.get(0);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no single active query with {marker:?} for {user}: {} rows",
+            rows.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A cancel the server never finishes. pgsluice forwards a CancelRequest on a connection
+/// of its own, outside the pool's limits, so what cancel_wait_timeout bounds is that
+/// forwarding: here the database entry points at a tap in front of the cluster that
+/// holds connections opening with a CancelRequest (accepted, never answered nor closed).
+/// With cancel_wait_timeout = 1: the tap receives the server's real key (the backend's
+/// pid, not the client's pgsluice-issued one); the client's cancel connection is closed
+/// without a byte after about a second, not after the 10 s default or never; the log
+/// says cancel_wait_timeout; other clients are served while the cancel waits; the query
+/// was not cancelled; and the client's next transaction is not held up by the cancel
+/// that gave up.
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_wait_timeout_closes_a_cancel_the_server_does_not_finish() {
+    let (db, user) = ("to_cwt_db", "to_cwt_user");
+    prepare(db, &[user]).await;
+    let tap = Tap::start(Misbehave::HoldCancels).await;
+    // Plaintext to the tap, so the forwarded cancel is the first packet it reads.
+    let p = start_via(
+        db,
+        &tap.port.to_string(),
+        "default_pool_size = 2\ncancel_wait_timeout = 1\nserver_tls_sslmode = disable",
+        "",
+        &[user],
+    );
+    let mut a = raw(&p, db, user).await;
+    let (a_pid, a_secret) = (a.backend_pid.expect("pid"), a.secret_key.expect("secret"));
+    a.send_query("SELECT 'a woke' FROM pg_sleep(30)").await;
+    let server_pid = active_pid(user, "'a woke'").await;
+    assert_ne!(server_pid, a_pid, "pgsluice must issue its own keys");
+
+    let mut cancel = tokio::net::TcpStream::connect(("127.0.0.1", p.port))
+        .await
+        .expect("cancel connection");
+    let mut pkt = Vec::with_capacity(16);
+    for word in [16, 80_877_102, a_pid, a_secret] {
+        pkt.extend_from_slice(&word.to_be_bytes());
+    }
+    cancel.write_all(&pkt).await.expect("send CancelRequest");
+    let sent = Instant::now();
+    tap.wait_for("the forwarded cancel", Duration::from_secs(5), |c| {
+        c.iter()
+            .flatten()
+            .any(|o| matches!(o, common::Opening::Cancel { .. }))
+    })
+    .await;
+    let cancels = tap.cancels();
+    assert_eq!(cancels.len(), 1, "{cancels:?}");
+    assert_eq!(
+        cancels[0].0, server_pid,
+        "the server's own key is forwarded"
+    );
+
+    // While the cancel waits, the pooler serves other clients.
+    let mut b = within(5, "another client", raw(&p, db, user)).await;
+    assert_eq!(
+        within(5, "another client's query", ok(&mut b, "SELECT 'b served'"))
+            .await
+            .as_deref(),
+        Some("b served")
+    );
+
+    let mut buf = [0u8; 64];
+    let read = within(8, "the cancel connection closes", cancel.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(0)) || read.is_err(),
+        "the cancel connection got an answer: {read:?}"
+    );
+    assert_between(sent.elapsed(), 0.8, 5.0, "cancel connection closed");
+    assert!(
+        p.wait_for_log("cancel_wait_timeout", Duration::from_secs(5)),
+        "no cancel_wait_timeout warning:\n{}",
+        p.log()
+    );
+
+    // The cancel never reached PostgreSQL: the query still runs. End it directly.
+    assert_eq!(active_pid(user, "'a woke'").await, server_pid);
+    let su = cluster().superuser().await;
+    su.execute("SELECT pg_cancel_backend($1)", &[&server_pid])
+        .await
+        .expect("pg_cancel_backend");
+    let msgs = within(5, "the cancelled query", a.recv_until(b'Z')).await;
+    assert!(
+        msgs.iter().any(|m| m.is_error() && m.sqlstate() == "57014"),
+        "{msgs:?}"
+    );
+    // No cancel is left in flight: the release did not wait on it, and the next
+    // transaction runs at once.
+    let next = Instant::now();
+    assert_eq!(
+        ok(&mut a, "SELECT 'a again'").await.as_deref(),
+        Some("a again")
+    );
+    assert!(
+        next.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        next.elapsed()
+    );
 }
 
 // ------------------------------------------------------------------ all off

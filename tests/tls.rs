@@ -12,20 +12,26 @@
 //! per-database `sslmode=` override checked in pg_stat_ssl; wrong CA and wrong host name
 //! refused under verify-ca/verify-full; pgsluice's client certificate seen by PostgreSQL;
 //! SNI sent for host names (a local stand-in server records it); `server refused SSL`;
-//! a RELOAD that changes server TLS settings reconnects servers at release.
+//! a RELOAD that changes server TLS settings reconnects servers at release; cancel
+//! requests reach the server inside TLS as server_tls_sslmode says (a tap in front of
+//! the cluster shows how each connection opened).
 
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use common::{cluster, libpq_command, run_with_timeout, Pooler, PoolerBuilder, RawClient};
+use common::{
+    cluster, libpq_command, run_with_timeout, sqlstate_of, Misbehave, Opening, Pooler,
+    PoolerBuilder, RawClient, Tap,
+};
+use tokio_postgres::NoTls;
 
 // ------------------------------------------------------------------ certificates
 
@@ -871,6 +877,176 @@ async fn reload_with_changed_server_tls_reconnects_at_release() {
         }
         assert!(std::time::Instant::now() < deadline, "{}", p.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// ------------------------------------------------------------------ cancels
+
+/// The pid of the one active backend whose query contains `marker`, once there is one
+/// (within 5 s).
+async fn active_pid(marker: &str) -> i32 {
+    let su = cluster().superuser().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let rows = su
+            .query(
+                "SELECT pid FROM pg_stat_activity \
+                 WHERE state = 'active' AND pid <> pg_backend_pid() AND strpos(query, $1) > 0",
+                &[&marker],
+            )
+            .await
+            .expect("pg_stat_activity");
+        if let [row] = rows.as_slice() {
+            return row.get(0);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no single active query with {marker:?}: {} rows",
+            rows.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits (10 s) for a spawned query that must fail; its error.
+async fn query_error(
+    query: tokio::task::JoinHandle<
+        Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error>,
+    >,
+) -> tokio_postgres::Error {
+    tokio::time::timeout(Duration::from_secs(10), query)
+        .await
+        .expect("the query ends within 10 s")
+        .expect("query task")
+        .expect_err("the query must fail")
+}
+
+/// pgsluice with the database entry pointing at `tap`, with `server_tls_sslmode = mode`
+/// and a pool of one; a tokio-postgres client through it, whose server uses TLS.
+async fn through_tap(tap: &Tap, mode: &str) -> (Pooler, tokio_postgres::Client) {
+    let p = start(&ini(
+        &format!("app = host=127.0.0.1 port={} dbname=postgres", tap.port),
+        &format!("server_tls_sslmode = {mode}\ndefault_pool_size = 1"),
+    ));
+    let client = common::connect(p.port, "app", "tls_user", None)
+        .await
+        .unwrap_or_else(|e| panic!("{mode}: {e:?}\n{}", p.log()));
+    assert!(
+        server_side_ssl(&client).await,
+        "{mode}: the server connection uses TLS"
+    );
+    (p, client)
+}
+
+/// A cancel through pgsluice with server_tls_sslmode = require ends the running
+/// `pg_sleep(30)` with 57014 within seconds, and goes to PostgreSQL inside TLS like the
+/// connection it cancels. PostgreSQL reads a CancelRequest before authentication, so
+/// neither pg_hba (hostssl) nor pg_stat_ssl can tell how a cancel came; the tap in front
+/// of the cluster can: every connection pgsluice opened, the cancel's included, started
+/// with an SSLRequest (answered `S` by the cluster), and no plaintext CancelRequest went
+/// by. The cancel's connection ends cleanly: nothing is logged about it.
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_goes_to_the_server_over_tls_under_require() {
+    roles().await;
+    ssl_cluster().await;
+    let tap = Tap::start(Misbehave::Nothing).await;
+    let (p, client) = through_tap(&tap, "require").await;
+    let token = client.cancel_token();
+    let sql = "SELECT pg_sleep(30) -- cancel over tls";
+    let query = tokio::spawn(async move { client.simple_query(sql).await });
+    active_pid(sql).await;
+    let sent = Instant::now();
+    token
+        .cancel_query(NoTls)
+        .await
+        .expect("send the cancel to pgsluice");
+    let err = query_error(query).await;
+    assert_eq!(sqlstate_of(&err), "57014", "{err:?}\n{}", p.log());
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        sent.elapsed()
+    );
+    let conns = tap.connections();
+    assert_eq!(conns.len(), 2, "the server login and the cancel: {conns:?}");
+    assert!(
+        conns.iter().all(|c| c == &[Opening::Ssl]),
+        "every connection to the server must start with an SSLRequest: {conns:?}"
+    );
+    // The pool's one server is released only once the cancel has finished, so when the
+    // next client is served, a failed cancel would have been logged by then.
+    let next = common::connect(p.port, "app", "tls_user", None)
+        .await
+        .expect("next client");
+    next.simple_query("SELECT 1")
+        .await
+        .expect("next client's query");
+    assert!(!p.log().contains("cancel request to"), "{}", p.log());
+}
+
+/// When the server answers the cancel's SSLRequest with `N` (the tap does, for every
+/// connection after the server login): under prefer the CancelRequest follows in
+/// plaintext on that connection, as a prefer login would, and the query ends with
+/// 57014; under require pgsluice sends no CancelRequest at all, logs why, and the query
+/// runs on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_whose_ssl_request_is_refused_follows_server_tls_sslmode() {
+    roles().await;
+    ssl_cluster().await;
+    for mode in ["prefer", "require"] {
+        let tap = Tap::start(Misbehave::RefuseSslAfter(1)).await;
+        let (p, client) = through_tap(&tap, mode).await;
+        let token = client.cancel_token();
+        let sql = format!("SELECT pg_sleep(30) -- cancel refused ssl, {mode}");
+        let q = sql.clone();
+        let query = tokio::spawn(async move { client.simple_query(&q).await });
+        let server_pid = active_pid(&sql).await;
+        token
+            .cancel_query(NoTls)
+            .await
+            .expect("send the cancel to pgsluice");
+        if mode == "prefer" {
+            let err = query_error(query).await;
+            assert_eq!(sqlstate_of(&err), "57014", "{err:?}\n{}", p.log());
+            let conns = tap.connections();
+            assert_eq!(conns.len(), 2, "{conns:?}");
+            assert!(
+                matches!(conns[1].as_slice(),
+                    [Opening::Ssl, Opening::Cancel { pid, .. }] if *pid == server_pid),
+                "prefer: SSLRequest, `N`, then the cancel in plaintext: {conns:?}"
+            );
+            continue;
+        }
+        assert!(
+            p.wait_for_log("server refused SSL", Duration::from_secs(5)),
+            "require: no warning\n{}",
+            p.log()
+        );
+        assert!(
+            p.log()
+                .lines()
+                .any(|l| l.contains("cancel request") && l.contains("server refused SSL")),
+            "{}",
+            p.log()
+        );
+        // The cancel's socket is closed before the warning is logged: nothing more can
+        // come on it.
+        let conns = tap.connections();
+        assert_eq!(conns.len(), 2, "{conns:?}");
+        assert_eq!(
+            conns[1],
+            [Opening::Ssl],
+            "require: no CancelRequest after `N`"
+        );
+        assert_eq!(active_pid(&sql).await, server_pid, "the query runs on");
+        cluster()
+            .superuser()
+            .await
+            .execute("SELECT pg_cancel_backend($1)", &[&server_pid])
+            .await
+            .expect("pg_cancel_backend");
+        let err = query_error(query).await;
+        assert_eq!(sqlstate_of(&err), "57014", "{err:?}");
     }
 }
 

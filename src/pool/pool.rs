@@ -423,7 +423,7 @@ impl Pool {
                     "{}/{}: server check failed, closing {}: {}",
                     self.db_name,
                     self.user_name,
-                    c.addr,
+                    c.route,
                     e.log_text()
                 );
                 // The guard discards it.

@@ -8,7 +8,7 @@ use bytes::BytesMut;
 
 use crate::net::Stream;
 
-/// Where a server is, so a CancelRequest can be sent on a new connection.
+/// Where a server is: a TCP address or a Unix socket path.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ServerAddr {
     Tcp(std::net::SocketAddr),
@@ -96,7 +96,9 @@ pub struct Backend {
     /// The server's own BackendKeyData (pid, secret): never shown to clients.
     pub backend_pid: i32,
     pub backend_secret: i32,
-    pub addr: ServerAddr,
+    /// Where the server is and how its connection was opened (TLS included): a
+    /// CancelRequest for it goes the same way, on a new connection.
+    pub route: std::sync::Arc<super::dial::ServerRoute>,
     pub id: u64,
     pub created: Instant,
     pub last_used: Instant,

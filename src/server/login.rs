@@ -1,6 +1,7 @@
 //! Connecting to PostgreSQL and logging in as a client: startup packet, answering
 //! AuthenticationCleartext/MD5/SASL (SCRAM-SHA-256, with pass-through keys when only a
 //! SCRAM secret is stored), collecting ParameterStatus and BackendKeyData, connect_query.
+//! The socket itself, TLS included, is opened by `dial.rs`.
 //!
 //! The whole of it — DNS, connect, login, connect_query — shares one
 //! `server_connect_timeout` budget, raced over every address of every host
@@ -13,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::io::AsyncWriteExt;
 use tokio::task::JoinSet;
 
 use super::conn::{next_id, ServerAddr, ServerConn, ServerParams};
+use super::dial::ServerRoute;
 use crate::auth::{md5, scram};
 use crate::config::{LoadBalanceHosts, Secret};
 use crate::net::connect::{race, stagger_for, FailedAddrs, Outcome};
@@ -416,101 +417,21 @@ async fn candidates(target: &Target, start: usize) -> Result<Vec<Candidate>, Log
     Ok(FAILED.order(out, |c| &c.addr, target.login_retry))
 }
 
-/// One racer: open the socket to `c`, then log in.
+/// One racer: open the socket to `c` (TLS as the pool's server_tls_sslmode says), then
+/// log in. The server keeps the route, so its cancels are sent the same way.
 async fn attempt(
     target: &Target,
     cred: &Credential,
     c: Candidate,
     generation: u64,
 ) -> Result<ServerConn, LoginError> {
-    let stream = match &c.addr {
-        ServerAddr::Tcp(a) => {
-            let s = TcpStream::connect(a)
-                .await
-                .map_err(|e| LoginError::Connect(format!("{a}: {e}")))?;
-            target.tcp.apply_or_log(&s, format_args!("server {a}"));
-            let _ = s.set_nodelay(true);
-            server_tls(target, s, c.host, a).await?
-        }
-        ServerAddr::Unix(p) => Stream::Unix(
-            UnixStream::connect(p)
-                .await
-                .map_err(|e| LoginError::Connect(format!("{}: {e}", p.display())))?,
-        ),
-    };
-    login(target, cred, stream, c.addr, c.host, generation).await
-}
-
-/// Longest ErrorResponse accepted in answer to an SSLRequest.
-const MAX_SSL_ERROR_LEN: usize = 65_536;
-
-/// The SSLRequest and TLS handshake on a new TCP connection, as server_tls_sslmode says
-/// (Unix sockets never use TLS, as with PostgreSQL). `allow` behaves like `prefer`, as in
-/// PgBouncer: TLS is asked for and used when offered. SNI is sent whenever the `host=`
-/// entry is a name, whatever the mode: managed services route on it (PgBouncer sends it
-/// only with verify-full; its PR #1485 is still open).
-async fn server_tls(
-    target: &Target,
-    mut s: TcpStream,
-    host: usize,
-    addr: &SocketAddr,
-) -> Result<Stream, LoginError> {
-    let config = match &target.tls.config {
-        Ok(None) => return Ok(Stream::Tcp(s)),
-        Ok(Some(c)) => c.clone(),
-        Err(e) => return Err(LoginError::Tls(e.clone())),
-    };
-    let mut req = [0u8; 8];
-    req[..4].copy_from_slice(&8u32.to_be_bytes());
-    req[4..].copy_from_slice(&crate::proto::startup::SSL_REQUEST.to_be_bytes());
-    s.write_all(&req)
-        .await
-        .map_err(|e| LoginError::Connect(format!("{addr}: {e}")))?;
-    let mut answer = [0u8; 1];
-    s.read_exact(&mut answer)
-        .await
-        .map_err(|e| LoginError::Protocol(format!("no answer to SSLRequest: {e}")))?;
-    match answer[0] {
-        b'S' => {}
-        b'N' if target.tls.mode >= SslMode::Require => {
-            return Err(LoginError::Tls("server refused SSL".into()));
-        }
-        b'N' => return Ok(Stream::Tcp(s)),
-        // A server that cannot serve at all (starting up, too many clients) may answer
-        // with an ErrorResponse instead: reported like any login error.
-        b'E' => {
-            let mut len = [0u8; 4];
-            s.read_exact(&mut len)
-                .await
-                .map_err(|e| LoginError::Protocol(format!("short error response: {e}")))?;
-            let len = u32::from_be_bytes(len) as usize;
-            if !(4..=MAX_SSL_ERROR_LEN).contains(&len) {
-                return Err(LoginError::Protocol(
-                    "bad error response to SSLRequest".into(),
-                ));
-            }
-            let mut body = vec![0u8; len - 4];
-            s.read_exact(&mut body)
-                .await
-                .map_err(|e| LoginError::Protocol(format!("short error response: {e}")))?;
-            return Err(LoginError::Server(ErrorFields::parse(&body)));
-        }
-        other => {
-            return Err(LoginError::Protocol(format!(
-                "bad answer to SSLRequest: {:?}",
-                other as char
-            )))
-        }
-    }
-    let name = match target.hosts.get(host) {
-        Some(Host::Tcp(h)) => crate::net::tls::server_name(h).map_err(LoginError::Tls)?,
-        _ => rustls_pki_types::ServerName::IpAddress(addr.ip().into()),
-    };
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .connect(name, s)
-        .await
-        .map_err(|e| LoginError::Tls(format!("TLS handshake failed: {e}")))?;
-    Ok(Stream::TlsToServer(Box::new(tls)))
+    let route = Arc::new(ServerRoute::new(
+        c.addr,
+        &target.tls,
+        target.hosts.get(c.host),
+    ));
+    let stream = route.open(Some(&target.tcp)).await?;
+    login(target, cred, stream, route, c.host, generation).await
 }
 
 /// The startup packet, authentication and the welcome on an open socket.
@@ -518,7 +439,7 @@ async fn login(
     target: &Target,
     cred: &Credential,
     mut stream: Stream,
-    addr: ServerAddr,
+    route: Arc<ServerRoute>,
     host_index: usize,
     generation: u64,
 ) -> Result<ServerConn, LoginError> {
@@ -651,7 +572,7 @@ async fn login(
     }
     let now = Instant::now();
     let id = next_id();
-    let (ip, port) = match &addr {
+    let (ip, port) = match &route.addr {
         ServerAddr::Tcp(a) => (a.ip().to_string(), a.port()),
         ServerAddr::Unix(p) => (p.display().to_string(), target.port),
     };
@@ -671,7 +592,7 @@ async fn login(
         params: sp,
         backend_pid: key.0,
         backend_secret: key.1,
-        addr,
+        route,
         id,
         created: now,
         last_used: now,

@@ -1,6 +1,7 @@
 //! Cancel routing. Each client gets a random (pid, secret) issued by pgsluice. While a
 //! client holds a server, its slot is armed with that server's real key; a CancelRequest
-//! carrying the client's key is forwarded on a new connection to that server. A release
+//! carrying the client's key is forwarded on a new connection to that server, opened the
+//! way the server's own connection was (TLS as server_tls_sslmode says). A release
 //! waits until cancels in flight have finished, so a cancel can never reach a server that
 //! has moved on to another client.
 
@@ -11,12 +12,13 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
-use crate::server::ServerAddr;
+use crate::server::ServerRoute;
 
-/// A server's real cancel key and address.
+/// A server's real cancel key, and how to reach it: its address and the TLS its
+/// connection was opened with.
 #[derive(Debug, Clone)]
 pub struct ServerKey {
-    pub addr: ServerAddr,
+    pub route: Arc<ServerRoute>,
     pub pid: i32,
     pub secret: i32,
 }
@@ -152,8 +154,8 @@ impl CancelRegistry {
         };
         match tokio::time::timeout(wait, send_cancel(&key)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!("cancel request to {} failed: {e}", key.addr),
-            Err(_) => tracing::warn!("cancel request to {}: cancel_wait_timeout", key.addr),
+            Ok(Err(e)) => tracing::warn!("cancel request to {} failed: {e}", key.route),
+            Err(_) => tracing::warn!("cancel request to {}: cancel_wait_timeout", key.route),
         }
         slot.state.lock().inflight -= 1;
         slot.done.notify_waiters();
@@ -161,25 +163,31 @@ impl CancelRegistry {
 }
 
 /// Sends the server's own CancelRequest and waits for the server to close, so the cancel
-/// has been delivered before the release that waits for it goes on.
-pub(crate) async fn send_cancel(key: &ServerKey) -> std::io::Result<()> {
+/// has been delivered before the release that waits for it goes on. The connection is
+/// opened as the server's own was: with server_tls_sslmode above disable, SSLRequest
+/// and handshake first and the CancelRequest inside TLS (PostgreSQL accepts it there, as
+/// libpq 17 sends it); `N` means plaintext below require and no cancel from require on,
+/// so the backend's key never crosses the network in the clear against the setting.
+/// The error is text for the log.
+pub(crate) async fn send_cancel(key: &ServerKey) -> Result<(), String> {
     let mut pkt = [0u8; 16];
     pkt[0..4].copy_from_slice(&16u32.to_be_bytes());
     pkt[4..8].copy_from_slice(&crate::proto::startup::CANCEL_REQUEST.to_be_bytes());
     pkt[8..12].copy_from_slice(&key.pid.to_be_bytes());
     pkt[12..16].copy_from_slice(&key.secret.to_be_bytes());
+    let mut s = key.route.open(None).await.map_err(|e| e.log_text())?;
+    s.write_all(&pkt).await.map_err(|e| e.to_string())?;
+    // rustls may still hold the record.
+    s.flush().await.map_err(|e| e.to_string())?;
     let mut sink = [0u8; 64];
-    match &key.addr {
-        ServerAddr::Tcp(a) => {
-            let mut s = tokio::net::TcpStream::connect(a).await?;
-            s.write_all(&pkt).await?;
-            while s.read(&mut sink).await? > 0 {}
-        }
-        ServerAddr::Unix(p) => {
-            let mut s = tokio::net::UnixStream::connect(p).await?;
-            s.write_all(&pkt).await?;
-            while s.read(&mut sink).await? > 0 {}
+    loop {
+        match s.read(&mut sink).await {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            // A backend that exits after a cancel may skip TLS close_notify; the
+            // CancelRequest was read all the same.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e.to_string()),
         }
     }
-    Ok(())
 }

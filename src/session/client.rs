@@ -353,7 +353,7 @@ async fn transaction(
         server.params_synced = s.params.set_id().map(|id| (id, server.params.version()));
     }
     s.cancel.slot.arm(ServerKey {
-        addr: server.addr.clone(),
+        route: server.route.clone(),
         pid: server.backend_pid,
         secret: server.backend_secret,
     });
@@ -571,7 +571,7 @@ where
 /// closed either way, and the cancel is bounded like a client's.
 fn cancel_running(server: &ServerConn) {
     let key = ServerKey {
-        addr: server.addr.clone(),
+        route: server.route.clone(),
         pid: server.backend_pid,
         secret: server.backend_secret,
     };
@@ -579,7 +579,7 @@ fn cancel_running(server: &ServerConn) {
         let sent =
             tokio::time::timeout(Duration::from_secs(10), super::cancel::send_cancel(&key)).await;
         if !matches!(sent, Ok(Ok(()))) {
-            tracing::warn!("cancel request to {} after a timeout failed", key.addr);
+            tracing::warn!("cancel request to {} after a timeout failed", key.route);
         }
     });
 }

@@ -30,6 +30,12 @@
 //!   watchdog kills the pooler.
 //! * psql / pgbench wrappers run with a timeout and are killed when it passes.
 //!
+//! # A tap in front of the cluster
+//! [`Tap`] is a loopback TCP forwarder to the cluster that records how each
+//! connection opened (SSLRequest, CancelRequest, StartupMessage) and can hold
+//! cancels or refuse TLS on purpose: what a test needs to see how pgsluice
+//! reached the server, which PostgreSQL does not show for cancel requests.
+//!
 //! `harness.rs` checks this by experiment: it runs itself as a child test
 //! process, SIGKILLs it (or lets it exit) and verifies that the postmaster,
 //! its children and a pooler stand-in are gone and the temp dir removed.
@@ -39,6 +45,7 @@
 pub mod cluster;
 pub mod pooler;
 pub mod raw;
+pub mod tap;
 
 use std::io::Read;
 use std::path::Path;
@@ -48,6 +55,7 @@ use std::time::{Duration, Instant};
 pub use cluster::{cluster, free_port, PgCluster, PG_HOST};
 pub use pooler::{Pooler, PoolerBuilder};
 pub use raw::{Msg, RawClient};
+pub use tap::{Misbehave, Opening, Tap};
 
 /// How long a tokio-postgres connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

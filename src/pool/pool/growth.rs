@@ -159,7 +159,7 @@ impl Pool {
                     "{}/{}: new server connection {}",
                     self.db_name,
                     self.user_name,
-                    conn.addr
+                    conn.route
                 );
                 if self.is_paused() {
                     // PAUSE / KILL: no server is handed out, and one kept idle would only
