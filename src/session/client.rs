@@ -143,6 +143,9 @@ impl End {
     }
 }
 
+/// Largest rewritten-request buffer (prepared statements on) an idle client keeps.
+const KEEP_OUT_BUF: usize = 1024;
+
 async fn run(app: &App, stream: &mut Stream, mut s: Session) -> End {
     let mut tracker = Tracker::default();
     // Protocol-level prepared statements (transaction/statement mode): this client's
@@ -267,6 +270,11 @@ async fn run(app: &App, stream: &mut Stream, mut s: Session) -> End {
         if cbuf.is_empty() {
             // Give the buffer back: an idle client holds no read buffer.
             cbuf = BytesMut::new();
+        }
+        // The rewritten-request buffer is kept while it is small (a few requests' worth,
+        // reused by the next lease); one grown by a large request or COPY is given back.
+        if stmts_out.capacity() > KEEP_OUT_BUF {
+            stmts_out = BytesMut::new();
         }
         idle_until = idle_deadline(&settings);
     }
