@@ -458,33 +458,6 @@ async fn users_override_takes_precedence_over_the_global_timeout() {
 
 // ------------------------------------------------------------------ cancel_wait_timeout
 
-/// The pid of the one active backend of `user` whose query contains `marker`, once there
-/// is one (within 5 s).
-async fn active_pid(user: &str, marker: &str) -> i32 {
-    let su = cluster().superuser().await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let rows = su
-            .query(
-                "SELECT pid FROM pg_stat_activity \
-                 WHERE usename = $1 AND state = 'active' AND pid <> pg_backend_pid() \
-                   AND strpos(query, $2) > 0",
-                &[&user, &marker],
-            )
-            .await
-            .expect("pg_stat_activity");
-        if let [row] = rows.as_slice() {
-            return row.get(0);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no single active query with {marker:?} for {user}: {} rows",
-            rows.len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// A cancel the server never finishes. pgsluice forwards a CancelRequest on a connection
 /// of its own, outside the pool's limits, so what cancel_wait_timeout bounds is that
 /// forwarding: here the database entry points at a tap in front of the cluster that
@@ -511,7 +484,7 @@ async fn cancel_wait_timeout_closes_a_cancel_the_server_does_not_finish() {
     let mut a = raw(&p, db, user).await;
     let (a_pid, a_secret) = (a.backend_pid.expect("pid"), a.secret_key.expect("secret"));
     a.send_query("SELECT 'a woke' FROM pg_sleep(30)").await;
-    let server_pid = active_pid(user, "'a woke'").await;
+    let server_pid = cluster().active_pid(Some(user), "'a woke'").await;
     assert_ne!(server_pid, a_pid, "pgsluice must issue its own keys");
 
     let mut cancel = tokio::net::TcpStream::connect(("127.0.0.1", p.port))
@@ -559,7 +532,10 @@ async fn cancel_wait_timeout_closes_a_cancel_the_server_does_not_finish() {
     );
 
     // The cancel never reached PostgreSQL: the query still runs. End it directly.
-    assert_eq!(active_pid(user, "'a woke'").await, server_pid);
+    assert_eq!(
+        cluster().active_pid(Some(user), "'a woke'").await,
+        server_pid
+    );
     let su = cluster().superuser().await;
     su.execute("SELECT pg_cancel_backend($1)", &[&server_pid])
         .await

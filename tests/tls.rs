@@ -882,32 +882,6 @@ async fn reload_with_changed_server_tls_reconnects_at_release() {
 
 // ------------------------------------------------------------------ cancels
 
-/// The pid of the one active backend whose query contains `marker`, once there is one
-/// (within 5 s).
-async fn active_pid(marker: &str) -> i32 {
-    let su = cluster().superuser().await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let rows = su
-            .query(
-                "SELECT pid FROM pg_stat_activity \
-                 WHERE state = 'active' AND pid <> pg_backend_pid() AND strpos(query, $1) > 0",
-                &[&marker],
-            )
-            .await
-            .expect("pg_stat_activity");
-        if let [row] = rows.as_slice() {
-            return row.get(0);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no single active query with {marker:?}: {} rows",
-            rows.len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Waits (10 s) for a spawned query that must fail; its error.
 async fn query_error(
     query: tokio::task::JoinHandle<
@@ -954,7 +928,7 @@ async fn cancel_goes_to_the_server_over_tls_under_require() {
     let token = client.cancel_token();
     let sql = "SELECT pg_sleep(30) -- cancel over tls";
     let query = tokio::spawn(async move { client.simple_query(sql).await });
-    active_pid(sql).await;
+    cluster().active_pid(None, sql).await;
     let sent = Instant::now();
     token
         .cancel_query(NoTls)
@@ -1000,7 +974,7 @@ async fn a_cancel_whose_ssl_request_is_refused_follows_server_tls_sslmode() {
         let sql = format!("SELECT pg_sleep(30) -- cancel refused ssl, {mode}");
         let q = sql.clone();
         let query = tokio::spawn(async move { client.simple_query(&q).await });
-        let server_pid = active_pid(&sql).await;
+        let server_pid = cluster().active_pid(None, &sql).await;
         token
             .cancel_query(NoTls)
             .await
@@ -1038,7 +1012,11 @@ async fn a_cancel_whose_ssl_request_is_refused_follows_server_tls_sslmode() {
             [Opening::Ssl],
             "require: no CancelRequest after `N`"
         );
-        assert_eq!(active_pid(&sql).await, server_pid, "the query runs on");
+        assert_eq!(
+            cluster().active_pid(None, &sql).await,
+            server_pid,
+            "the query runs on"
+        );
         cluster()
             .superuser()
             .await

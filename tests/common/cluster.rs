@@ -770,6 +770,33 @@ impl PgCluster {
         row.get(0)
     }
 
+    /// The pid of the one active backend (of `usename`, if given) whose query contains
+    /// `marker`, once there is exactly one; panics after 5 s.
+    pub async fn active_pid(&self, usename: Option<&str>, marker: &str) -> i32 {
+        let su = self.superuser().await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let rows = su
+                .query(
+                    "SELECT pid FROM pg_stat_activity \
+                     WHERE state = 'active' AND pid <> pg_backend_pid() \
+                       AND ($1::text IS NULL OR usename = $1) AND strpos(query, $2) > 0",
+                    &[&usename, &marker],
+                )
+                .await
+                .unwrap_or_else(|e| panic!("pg_stat_activity: {e:?}"));
+            if let [row] = rows.as_slice() {
+                return row.get(0);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no single active query with {marker:?} for {usename:?}: {} rows",
+                rows.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Polls `count_backends` until it equals `expected` or `timeout` passes;
     /// returns the last count seen.
     pub async fn wait_for_backends(
