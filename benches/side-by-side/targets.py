@@ -263,6 +263,15 @@ def pooler_ini(pg_port, listen_port, auth, userlist, tls_lines=""):
     )
 
 
+def open_pg_log(path):
+    """A new log file for a process that runs as the postgres user (owned by it when root)."""
+    logf = open(path, "w")
+    if IS_ROOT:
+        pg = pwd.getpwnam("postgres")
+        os.chown(path, pg.pw_uid, pg.pw_gid)
+    return logf
+
+
 class Pooler:
     def __init__(self, name, label, argv_prefix, root, pg_port, auth, userlist, tls_lines="", suffix=""):
         self.name = name
@@ -276,10 +285,7 @@ class Pooler:
         self.proc = None
 
     def start(self):
-        logf = open(self.log, "w")
-        if IS_ROOT:
-            pg = pwd.getpwnam("postgres")
-            os.chown(self.log, pg.pw_uid, pg.pw_gid)
+        logf = open_pg_log(self.log)
         self.proc = PROCS.spawn(self.name, self.argv, as_pg=True, stop_sig=signal.SIGTERM,
                                 stdin=subprocess.DEVNULL, stdout=logf, stderr=logf)
         logf.close()
@@ -323,10 +329,7 @@ class Floor:
         self.proc = None
 
     def start(self):
-        logf = open(self.log, "w")
-        if IS_ROOT:
-            pg = pwd.getpwnam("postgres")
-            os.chown(self.log, pg.pw_uid, pg.pw_gid)
+        logf = open_pg_log(self.log)
         # stdout is a pipe for the one "relay_floor listening on ..." line; nothing else goes there.
         self.proc = PROCS.spawn(self.name, self.argv, as_pg=True, stop_sig=signal.SIGTERM,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=logf, text=True)
