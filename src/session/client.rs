@@ -162,7 +162,8 @@ async fn run(app: &App, stream: &mut Stream, mut s: Session) -> End {
         if info.is_killed() {
             return End::fatal(PgError::fatal(info.kill_reason.lock().clone()));
         }
-        // Idle: no server, and no buffer unless bytes are pending.
+        // Idle: no server, and no buffer unless bytes are pending (an emptied one is
+        // given back here, after every transaction).
         if cbuf.is_empty() {
             cbuf = BytesMut::new();
             if *shutdown.borrow() {
@@ -267,10 +268,6 @@ async fn run(app: &App, stream: &mut Stream, mut s: Session) -> End {
         if let Err(end) = settled {
             return end;
         }
-        if cbuf.is_empty() {
-            // Give the buffer back: an idle client holds no read buffer.
-            cbuf = BytesMut::new();
-        }
         // The rewritten-request buffer is kept while it is small (a few requests' worth,
         // reused by the next lease); one grown by a large request or COPY is given back.
         if stmts_out.capacity() > KEEP_OUT_BUF {
@@ -322,18 +319,16 @@ async fn transaction(
         Ok(c) => c,
         Err(end) => return Err(end),
     };
-    let (leased_at, leased_us) = if waited {
-        (Instant::now(), crate::stats::now_us())
+    let (leased_at, leased_us, wait_time) = if waited {
+        let t = Instant::now();
+        let waited_us = t.saturating_duration_since(wait_from).as_micros() as u64;
+        (t, crate::stats::now_us(), waited_us)
     } else {
-        (wait_from, request_us)
+        (wait_from, request_us, 0)
     };
     let mut tx = TxStats {
         server_assignment_count: 1,
-        wait_time: if waited {
-            leased_at.saturating_duration_since(wait_from).as_micros() as u64
-        } else {
-            0
-        },
+        wait_time,
         ..Default::default()
     };
     info.set_state(ClientState::Active);
